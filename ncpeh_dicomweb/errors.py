@@ -1,0 +1,141 @@
+"""The gateway's error tree. Handlers raise these; one middleware renders them.
+
+Every error carries its HTTP status, a short machine-readable ``code`` and a
+human message that never names an internal host, URL or AE title::
+
+    GatewayError                      (500, never raised for a backend fault)
+    ├── BadRequest                    400
+    │   ├── InvalidQuery              400  malformed QIDO key or value
+    │   └── InvalidUID                400  not digits-and-dots, or > 64 chars
+    ├── Unauthorized                  401
+    ├── Forbidden                     403
+    ├── NotFound                      404  unknown site, route, or UID
+    ├── NotAcceptable                 406  no acceptable media type / transfer syntax
+    ├── Gone                          410  known but no longer available
+    ├── PayloadTooLarge               413
+    ├── UpstreamRejected              (the PACS's own 4xx, passed on with its meaning)
+    └── BackendError                  502  the PACS answered wrongly or failed
+        ├── BackendUnreachable        502  connection refused / DNS / reset
+        ├── BackendBusy               503  with Retry-After
+        └── BackendTimeout            504
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "BackendBusy",
+    "BackendError",
+    "BackendTimeout",
+    "BackendUnreachable",
+    "BadRequest",
+    "Forbidden",
+    "GatewayError",
+    "Gone",
+    "InvalidQuery",
+    "InvalidUID",
+    "NotAcceptable",
+    "NotFound",
+    "PayloadTooLarge",
+    "Unauthorized",
+    "UpstreamRejected",
+]
+
+
+class GatewayError(Exception):
+    """Base of all errors the gateway answers with a status code."""
+
+    status: int = 500
+    code: str = "internal-error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        detail: Mapping[str, object] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail: dict[str, object] = dict(detail or {})
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> dict[str, object]:
+        """The JSON body sent to the client."""
+        out: dict[str, object] = {"status": self.status, "error": self.code, "message": self.message}
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+class BadRequest(GatewayError):
+    status = 400
+    code = "bad-request"
+
+
+class InvalidQuery(BadRequest):
+    code = "invalid-query"
+
+
+class InvalidUID(BadRequest):
+    code = "invalid-uid"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "not-found"
+
+
+class NotAcceptable(GatewayError):
+    status = 406
+    code = "not-acceptable"
+
+
+class Gone(GatewayError):
+    status = 410
+    code = "gone"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "payload-too-large"
+
+
+class UpstreamRejected(GatewayError):
+    """The PACS refused the request with a 4xx of its own; its status is kept."""
+
+    code = "rejected-by-pacs"
+
+    def __init__(self, status: int, message: str, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.status = status
+
+
+class BackendError(GatewayError):
+    status = 502
+    code = "bad-gateway"
+
+
+class BackendUnreachable(BackendError):
+    code = "pacs-unreachable"
+
+
+class BackendBusy(BackendError):
+    status = 503
+    code = "pacs-busy"
+
+
+class BackendTimeout(BackendError):
+    status = 504
+    code = "pacs-timeout"
