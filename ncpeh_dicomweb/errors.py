@@ -13,6 +13,7 @@ human message that never names an internal host, URL or AE title::
     ├── NotAcceptable                 406  no acceptable media type / transfer syntax
     ├── Gone                          410  known but no longer available
     ├── PayloadTooLarge               413
+    ├── UriTooLong                    414
     ├── UpstreamRejected              (the PACS's own 4xx, passed on with its meaning)
     └── BackendError                  502  the PACS answered wrongly or failed
         ├── BackendUnreachable        502  connection refused / DNS / reset
@@ -40,6 +41,7 @@ __all__ = [
     "PayloadTooLarge",
     "Unauthorized",
     "UpstreamRejected",
+    "UriTooLong",
 ]
 
 
@@ -110,6 +112,11 @@ class Gone(GatewayError):
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "payload-too-large"
+
+
+class UriTooLong(GatewayError):
+    status = 414
+    code = "uri-too-long"
 
 
 class UpstreamRejected(GatewayError):

@@ -1,0 +1,43 @@
+"""The application factory: routes, middlewares, and the backends' lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .backends.base import Backend
+from .backends.dicomweb import DicomWebBackend
+from .config import Settings
+from .web import health, qido, wado
+from .web.keys import BACKENDS, SETTINGS
+from .web.middleware import error_middleware
+
+__all__ = ["create_app"]
+
+# Where each site's DICOMweb root is mounted: the default site, and any site by id.
+_PREFIXES = ("/dicom-web", "/site/{site}/dicom-web")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    app[BACKENDS] = {}
+    app.cleanup_ctx.append(_backends)
+    for prefix in _PREFIXES:
+        app.add_routes(qido.routes(prefix))
+        app.add_routes(wado.routes(prefix))
+    app.add_routes(health.routes())
+    return app
+
+
+async def _backends(app: web.Application) -> AsyncIterator[None]:
+    backends: dict[str, Backend] = app[BACKENDS]
+    for site in app[SETTINGS].sites:
+        backends[site.id] = DicomWebBackend.create(site)
+    try:
+        yield
+    finally:
+        for backend in backends.values():
+            await backend.close()
+        backends.clear()

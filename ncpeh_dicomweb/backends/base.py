@@ -1,0 +1,91 @@
+"""The one protocol every PACS backend implements; handlers never learn which one they use."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..dicomweb.media import InstanceMedia
+from ..dicomweb.query import QidoQuery
+
+__all__ = ["Backend", "DicomJson", "PartHead", "RetrieveEvent", "Scope", "SearchResult", "Target"]
+
+DicomJson = dict[str, Any]
+"""One dataset in the DICOM JSON model (PS3.18 F.2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The UIDs in a QIDO path: ``/studies/{study}/series/{series}/instances``."""
+
+    study: str | None = None
+    series: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a WADO-RS request names: a study, a series in it, or an instance in that."""
+
+    study: str
+    series: str | None = None
+    instance: str | None = None
+
+    def path(self) -> str:
+        """The resource path relative to a DICOMweb root (PS3.18 10.4.1)."""
+        out = f"studies/{self.study}"
+        if self.series is not None:
+            out += f"/series/{self.series}"
+            if self.instance is not None:
+                out += f"/instances/{self.instance}"
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    datasets: list[DicomJson]
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PartHead:
+    """Starts a new part of a multipart retrieve; the ``bytes`` that follow are its body."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+RetrieveEvent = PartHead | bytes
+
+
+class Backend(Protocol):
+    """A PACS as the handlers see it.
+
+    ``base_url`` is the gateway's public DICOMweb root for the site being served: every URL
+    in an answer (RetrieveURL, BulkDataURI, Content-Location) must start with it.
+    Errors are raised as :mod:`ncpeh_dicomweb.errors` types, never foreign exceptions.
+    """
+
+    async def search(self, query: QidoQuery, scope: Scope, base_url: str) -> SearchResult:
+        """QIDO-RS (PS3.18 10.6)."""
+        ...
+
+    def retrieve(
+        self, target: Target, media: InstanceMedia, base_url: str
+    ) -> AsyncGenerator[RetrieveEvent, None]:
+        """WADO-RS instances (PS3.18 10.4): a PartHead, its body chunks, the next PartHead...
+
+        The first event must come only once the PACS has accepted the request, so that a
+        404/502/504 can still be answered with a status code. The iterator is closed
+        (``aclose``) when the client goes away; it then releases everything it holds.
+        """
+        ...
+
+    async def metadata(self, target: Target, base_url: str) -> list[DicomJson]:
+        """WADO-RS metadata (PS3.18 10.4.1.1.2): bulk data as BulkDataURI."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise a BackendError if the PACS cannot be reached."""
+        ...
+
+    async def close(self) -> None: ...

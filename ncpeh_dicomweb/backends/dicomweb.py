@@ -1,0 +1,297 @@
+"""A PACS reached over DICOMweb (PS3.18), streamed through an aiohttp client.
+
+Foreign faults (aiohttp, upstream statuses) are mapped to our error tree here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..config import DicomWebSite
+from ..dicomweb import multipart
+from ..dicomweb.attributes import Level
+from ..dicomweb.dicomjson import UrlRewriter, first_value, rewrite_urls
+from ..dicomweb.matching import loosen_for_upstream, matches_all
+from ..dicomweb.media import InstanceMedia
+from ..dicomweb.query import MatchKey, MatchKind, QidoQuery, encode_query, to_params
+from ..errors import (
+    BackendBusy,
+    BackendError,
+    BackendTimeout,
+    BackendUnreachable,
+    GatewayError,
+    NotFound,
+    UpstreamRejected,
+)
+from .base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
+
+__all__ = ["DicomWebBackend"]
+
+log = logging.getLogger(__name__)
+
+_UID_TAG = {Level.STUDY: "0020000D", Level.SERIES: "0020000E", Level.INSTANCE: "00080018"}
+_UID_PATH = {Level.STUDY: (0x0020000D,), Level.SERIES: (0x0020000E,), Level.INSTANCE: (0x00080018,)}
+_DEPTH = {Level.STUDY: 0, Level.SERIES: 1, Level.INSTANCE: 2}
+# A relational query (a series key on /studies) first finds the parents of the matching
+# children; past this many parents the answer is cut short with a Warning.
+_RELATIONAL_MAX_PARENTS = 500
+_READ_SIZE = 256 * 1024
+# Part headers of the upstream that are passed on to the client (after URL rewriting).
+_PART_HEADERS = ("content-type", "content-length", "content-location", "content-description")
+
+
+class DicomWebBackend:
+    """:class:`~ncpeh_dicomweb.backends.base.Backend` over a DICOMweb origin server."""
+
+    def __init__(self, site: DicomWebSite, session: aiohttp.ClientSession) -> None:
+        self._site = site
+        self._root = site.url
+        self._session = session
+        self._roots = (site.url, *site.url_aliases)
+        self._headers: dict[str, str] = {}
+        if site.auth == "bearer" and site.token:
+            self._headers["Authorization"] = f"Bearer {site.token}"
+        self._auth = (
+            aiohttp.BasicAuth(site.username, site.password or "")
+            if site.auth == "basic" and site.username
+            else None
+        )
+        self._search_timeout = aiohttp.ClientTimeout(
+            total=site.search_timeout, connect=site.connect_timeout
+        )
+        # No total for retrieves: a large study may take minutes; silence is what times out.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=site.connect_timeout, sock_read=site.read_timeout
+        )
+
+    @classmethod
+    def create(cls, site: DicomWebSite) -> DicomWebBackend:
+        connector = aiohttp.TCPConnector(limit=site.max_connections, limit_per_host=0)
+        session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=True, raise_for_status=False
+        )
+        return cls(site, session)
+
+    # ------------------------------------------------------------------ search
+
+    async def search(self, query: QidoQuery, scope: Scope, base_url: str) -> SearchResult:
+        warnings: list[str] = list(query.warnings)
+        lower = tuple(k for k in query.keys if _is_below(k, query.level))
+        if lower:
+            parents = await self._relational_parents(query, lower, scope, warnings)
+            if not parents:
+                return SearchResult([], tuple(warnings))
+            query = _restrict_to(query, lower, parents)
+
+        # Keys the PACS cannot receive as they are go up loosened and are matched here.
+        loosened = {k: w for k in query.keys if (w := loosen_for_upstream(k)) is not None}
+        upstream = query
+        if loosened:
+            upstream = replace(
+                query,
+                keys=tuple(loosened.get(k, k) for k in query.keys),
+                limit=None,
+                offset=0,
+            )
+        datasets = await self._qido(upstream, scope)
+        if loosened:
+            datasets = [d for d in datasets if matches_all(d, loosened)]
+            end = None if query.limit is None else query.offset + query.limit
+            datasets = datasets[query.offset : end]
+        rewrite_urls(datasets, UrlRewriter(self._roots, base_url))
+        return SearchResult(datasets, tuple(warnings))
+
+    async def _relational_parents(
+        self, query: QidoQuery, lower: tuple[MatchKey, ...], scope: Scope, warnings: list[str]
+    ) -> list[str]:
+        """UIDs at ``query.level`` whose children match the lower-level keys (PS3.4 C.4.1.3.2)."""
+        child_level = max((k.level for k in lower if k.level), key=_DEPTH.__getitem__)
+        sub = replace(
+            query,
+            level=child_level,
+            keys=lower,
+            includefields=(),
+            include_all=False,
+            fuzzymatching=False,
+            limit=None,
+            offset=0,
+            warnings=(),
+        )
+        children = await self._qido(sub, scope)
+        tag = _UID_TAG[query.level]
+        parents = list(dict.fromkeys(u for c in children if (u := first_value(c, tag))))
+        if len(parents) > _RELATIONAL_MAX_PARENTS:
+            warnings.append(
+                f"relational query matched more than {_RELATIONAL_MAX_PARENTS} "
+                f"{query.level.value} entries; only the first are returned"
+            )
+            parents = parents[:_RELATIONAL_MAX_PARENTS]
+        return [str(p) for p in parents]
+
+    async def _qido(self, query: QidoQuery, scope: Scope) -> list[DicomJson]:
+        path = _qido_path(query.level, scope)
+        params = to_params(query)
+        if query.limit is None:
+            params.append(("limit", str(_RELATIONAL_MAX_PARENTS * 20)))
+        url = f"{self._root}/{path}"
+        if params:
+            url += "?" + encode_query(params)
+        body = await self._get_json(url)
+        if not isinstance(body, list) or not all(isinstance(d, dict) for d in body):
+            raise BackendError("the PACS answered a search with something that is not DICOM JSON")
+        return body
+
+    # ------------------------------------------------------------------ metadata
+
+    async def metadata(self, target: Target, base_url: str) -> list[DicomJson]:
+        url = f"{self._root}/{target.path()}/metadata"
+        body = await self._get_json(url)
+        if not isinstance(body, list) or not all(isinstance(d, dict) for d in body):
+            raise BackendError("the PACS answered a metadata request with something else")
+        rewrite_urls(body, UrlRewriter(self._roots, base_url))
+        return body
+
+    async def _get_json(self, url: str) -> Any:
+        async with self._request(url, "application/dicom+json", self._search_timeout) as resp:
+            if resp.status == 204:
+                return []
+            try:
+                raw = await resp.read()
+                return orjson.loads(raw) if raw.strip() else []
+            except orjson.JSONDecodeError:
+                raise BackendError("the PACS answered with malformed JSON") from None
+
+    # ------------------------------------------------------------------ retrieve
+
+    async def retrieve(
+        self, target: Target, media: InstanceMedia, base_url: str
+    ) -> AsyncGenerator[RetrieveEvent, None]:
+        url = f"{self._root}/{target.path()}"
+        rewrite = UrlRewriter(self._roots, base_url)
+        async with self._request(url, media.upstream_accept(), self._stream_timeout) as resp:
+            try:
+                boundary = multipart.boundary_from_content_type(resp.headers.get("Content-Type", ""))
+            except multipart.MultipartError:
+                raise BackendError("the PACS answered a retrieve without a multipart body") from None
+            reader = multipart.MultipartReader(boundary)
+            try:
+                async for chunk in resp.content.iter_chunked(_READ_SIZE):
+                    for event in _events(reader, chunk):
+                        yield event
+                reader.finish()
+            except multipart.MultipartError as exc:
+                raise BackendError(f"the PACS sent a broken multipart stream: {exc}") from None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _map_client_error(exc) from None
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def ping(self) -> None:
+        async with self._request(f"{self._root}/studies?limit=1", "application/dicom+json",
+                                 self._search_timeout):
+            pass
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    @asynccontextmanager
+    async def _request(
+        self, url: str, accept: str, timeout: aiohttp.ClientTimeout
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        headers = {**self._headers, "Accept": accept}
+        try:
+            async with self._session.get(
+                url, headers=headers, auth=self._auth, timeout=timeout, allow_redirects=False
+            ) as resp:
+                if resp.status >= 300:
+                    raise _map_status(resp.status, resp.headers.get("Retry-After"))
+                yield resp
+        except GatewayError:
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _map_client_error(exc) from None
+
+
+# ---------------------------------------------------------------------- pure helpers
+
+
+def _events(reader: multipart.MultipartReader, chunk: bytes) -> Iterator[RetrieveEvent]:
+    for event in reader.feed(chunk):
+        if isinstance(event, multipart.PartData):
+            yield event.data
+        elif isinstance(event, multipart.PartStart):
+            yield PartHead({k: v for k, v in event.headers.items() if k in _PART_HEADERS})
+
+
+def _qido_path(level: Level, scope: Scope) -> str:
+    prefix = ""
+    if scope.study:
+        prefix = f"studies/{scope.study}/"
+        if scope.series:
+            prefix += f"series/{scope.series}/"
+    return prefix + {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}[level]
+
+
+def _is_below(key: MatchKey, level: Level) -> bool:
+    return key.level is not None and _DEPTH[key.level] > _DEPTH[level]
+
+
+def _restrict_to(query: QidoQuery, lower: tuple[MatchKey, ...], uids: list[str]) -> QidoQuery:
+    """``query`` without its lower-level keys, limited to the given UIDs of its own level."""
+    uid_path = _UID_PATH[query.level]
+    existing = next((k for k in query.keys if k.path == uid_path), None)
+    if existing is not None and existing.kind is not MatchKind.UNIVERSAL:
+        allowed = set(existing.value.split("\\"))
+        uids = [u for u in uids if u in allowed]
+    keys = tuple(k for k in query.keys if k not in lower and k.path != uid_path)
+    uid_key = MatchKey(
+        path=uid_path,
+        vr="UI",
+        kind=MatchKind.UID_LIST if len(uids) > 1 else MatchKind.SINGLE,
+        value="\\".join(uids),
+    )
+    return replace(query, keys=(*keys, uid_key))
+
+
+# Upstream HTTP status → our error. The PACS's 4xx about the request keep their meaning;
+# anything that says the gateway itself is misconfigured or the PACS failed is a 502.
+_STATUS_MAP: dict[int, tuple[type[GatewayError], str]] = {
+    400: (UpstreamRejected, "the PACS rejected the request as malformed"),
+    404: (NotFound, "no such study, series or instance"),
+    406: (UpstreamRejected, "the PACS cannot provide the requested media type or transfer syntax"),
+    410: (UpstreamRejected, "the requested data is no longer available"),
+    413: (UpstreamRejected, "the request is too large for the PACS"),
+    401: (BackendError, "the PACS refused the gateway's credentials"),
+    403: (BackendError, "the PACS refused the gateway access"),
+    429: (BackendBusy, "the PACS is busy"),
+    503: (BackendBusy, "the PACS is busy"),
+    504: (BackendTimeout, "the PACS timed out"),
+}
+
+
+def _map_status(status: int, retry_after: str | None) -> GatewayError:
+    cls, message = _STATUS_MAP.get(status, (BackendError, f"the PACS failed (HTTP {status})"))
+    detail = {"pacs_status": status}
+    if cls is UpstreamRejected:
+        return UpstreamRejected(status, message, detail=detail)
+    if cls is BackendBusy:
+        return BackendBusy(message, detail=detail, headers={"Retry-After": retry_after or "5"})
+    return cls(message, detail=detail)
+
+
+def _map_client_error(exc: BaseException) -> GatewayError:
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return BackendTimeout("the PACS did not answer in time")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return BackendUnreachable("the PACS cannot be reached")
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        return BackendError("the PACS closed the connection in the middle of an answer")
+    return BackendError(f"the PACS connection failed ({type(exc).__name__})")

@@ -1,0 +1,251 @@
+"""Frozen settings: public URL, sites (id → backend settings), limits.
+
+Read from a TOML file (``--config`` or ``NCPEH_CONFIG``), with environment overrides for
+secrets, and validated at start-up: a bad value raises :class:`ConfigError` naming the key.
+
+Example::
+
+    public_url = "https://ncp.example.org/imaging"   # optional; else taken from each request
+    default_site = "central"
+
+    [server]
+    host = "0.0.0.0"
+    port = 8080
+
+    [limits]
+    qido_max_results = 1000
+
+    [[sites]]
+    id = "central"
+    kind = "dicomweb"
+    url = "http://pacs.internal:8042/dicom-web"
+    connect_timeout = 5
+    read_timeout = 60
+    search_timeout = 30
+    # auth: none | basic | bearer; secrets may come from the environment:
+    #   NCPEH_SITE_CENTRAL_PASSWORD, NCPEH_SITE_CENTRAL_TOKEN
+    auth = "basic"
+    username = "gateway"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+__all__ = [
+    "ConfigError",
+    "DicomWebSite",
+    "Limits",
+    "Settings",
+    "check_http_url",
+    "load_settings",
+    "settings_from_mapping",
+]
+
+_SITE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class DicomWebSite:
+    """A site whose PACS is reached over DICOMweb (PS3.18)."""
+
+    id: str
+    url: str  # the PACS's DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0  # longest silence while streaming
+    search_timeout: float = 30.0  # whole QIDO / metadata request
+    max_connections: int = 32
+    auth: Literal["none", "basic", "bearer"] = "none"
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    # Other URL prefixes the PACS may write into its answers (e.g. its own idea of its
+    # public address); rewritten to the gateway's URL like ``url`` itself.
+    url_aliases: tuple[str, ...] = ()
+    kind: Literal["dicomweb"] = "dicomweb"
+
+
+Site = DicomWebSite
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    qido_max_results: int = 1000  # server maximum for QIDO `limit`
+    max_query_string: int = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    sites: tuple[Site, ...]
+    default_site: str
+    public_url: str | None = None  # None: derived from each request's Host and scheme
+    host: str = "127.0.0.1"
+    port: int = 8080
+    limits: Limits = Limits()
+
+    def site(self, site_id: str) -> Site | None:
+        return next((s for s in self.sites if s.id == site_id), None)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a TOML settings file; ``env`` (default ``os.environ``) overrides secrets."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return settings_from_mapping(raw, os.environ if env is None else env)
+
+
+def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    """Build :class:`Settings` from parsed TOML (or flags), validating every key."""
+    _no_unknown(raw, {"public_url", "default_site", "server", "limits", "sites"}, "")
+    server = _table(raw, "server")
+    _no_unknown(server, {"host", "port"}, "server.")
+    limits_raw = _table(raw, "limits")
+    _no_unknown(limits_raw, {"qido_max_results", "max_query_string"}, "limits.")
+    sites_raw = raw.get("sites")
+    if not isinstance(sites_raw, list) or not sites_raw:
+        raise ConfigError("sites: at least one [[sites]] table is required")
+    sites = tuple(_site(s, i, env) for i, s in enumerate(sites_raw))
+    ids = [s.id for s in sites]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"sites: duplicate site id in {ids}")
+    default = _opt_str(raw, "default_site", "") or ids[0]
+    if default not in ids:
+        raise ConfigError(f"default_site: {default!r} is not one of the site ids {ids}")
+    public_url = _opt_str(raw, "public_url", "")
+    if public_url is not None:
+        public_url = check_http_url(public_url, "public_url")
+    return Settings(
+        sites=sites,
+        default_site=default,
+        public_url=public_url,
+        host=_opt_str(server, "host", "server.") or "127.0.0.1",
+        port=_int(server, "port", "server.", 8080, 0, 65535),
+        limits=Limits(
+            qido_max_results=_int(limits_raw, "qido_max_results", "limits.", 1000, 1, 100_000),
+            max_query_string=_int(limits_raw, "max_query_string", "limits.", 8192, 256, 1 << 20),
+        ),
+    )
+
+
+_SITE_KEYS = {
+    "id",
+    "kind",
+    "url",
+    "connect_timeout",
+    "read_timeout",
+    "search_timeout",
+    "max_connections",
+    "auth",
+    "username",
+    "password",
+    "token",
+    "url_aliases",
+}
+
+
+def _site(raw: object, index: int, env: Mapping[str, str]) -> Site:
+    where = f"sites[{index}]."
+    if not isinstance(raw, dict):
+        raise ConfigError(f"sites[{index}]: must be a table")
+    _no_unknown(raw, _SITE_KEYS, where)
+    site_id = _opt_str(raw, "id", where)
+    if site_id is None or not _SITE_ID.fullmatch(site_id):
+        raise ConfigError(f"{where}id: required, letters, digits, '-' or '_' (at most 64)")
+    kind = raw.get("kind", "dicomweb")
+    if kind != "dicomweb":
+        raise ConfigError(f"{where}kind: {kind!r} is not supported (supported: 'dicomweb')")
+    url = _opt_str(raw, "url", where)
+    if url is None:
+        raise ConfigError(f"{where}url: required (the PACS's DICOMweb root)")
+    prefix = "NCPEH_SITE_" + re.sub(r"[^A-Z0-9]", "_", site_id.upper()) + "_"
+    auth = raw.get("auth", "none")
+    if auth not in ("none", "basic", "bearer"):
+        raise ConfigError(f"{where}auth: must be 'none', 'basic' or 'bearer', not {auth!r}")
+    username = env.get(prefix + "USERNAME") or _opt_str(raw, "username", where)
+    password = env.get(prefix + "PASSWORD") or _opt_str(raw, "password", where)
+    token = env.get(prefix + "TOKEN") or _opt_str(raw, "token", where)
+    if auth == "basic" and (not username or password is None):
+        raise ConfigError(f"{where}username/password: required for auth = 'basic' (or {prefix}PASSWORD)")
+    if auth == "bearer" and not token:
+        raise ConfigError(f"{where}token: required for auth = 'bearer' (or {prefix}TOKEN)")
+    aliases = raw.get("url_aliases", [])
+    if not isinstance(aliases, list):
+        raise ConfigError(f"{where}url_aliases: must be a list of URLs")
+    return DicomWebSite(
+        id=site_id,
+        url=check_http_url(url, where + "url"),
+        connect_timeout=_float(raw, "connect_timeout", where, 5.0),
+        read_timeout=_float(raw, "read_timeout", where, 60.0),
+        search_timeout=_float(raw, "search_timeout", where, 30.0),
+        max_connections=_int(raw, "max_connections", where, 32, 1, 1024),
+        auth=auth,
+        username=username,
+        password=password,
+        token=token,
+        url_aliases=tuple(check_http_url(a, where + "url_aliases") for a in aliases),
+    )
+
+
+# ---------------------------------------------------------------- value checks
+
+
+def _no_unknown(table: Mapping[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+
+
+def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: must be a table")
+    return value
+
+
+def _opt_str(raw: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}{key}: must be a non-empty string")
+    return value
+
+
+def _int(raw: Mapping[str, Any], key: str, where: str, default: int, lo: int, hi: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{where}{key}: must be an integer in [{lo}, {hi}], not {value!r}")
+    return value
+
+
+def _float(raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
+        raise ConfigError(f"{where}{key}: must be a number of seconds in (0, 86400], not {value!r}")
+    return float(value)
+
+
+def check_http_url(value: str, key: str) -> str:
+    """``value`` without a trailing slash if it is an http(s) URL, else ConfigError naming ``key``."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"{key}: must be an http(s) URL without query, not {value!r}")
+    return value.rstrip("/")

@@ -1,0 +1,36 @@
+"""Liveness and readiness for orchestrators; they name no internal address."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from ..errors import GatewayError
+from .keys import BACKENDS
+
+__all__ = ["routes"]
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    backends = request.app[BACKENDS]
+
+    async def check(site: str) -> tuple[str, str]:
+        try:
+            await backends[site].ping()
+        except GatewayError as exc:
+            return site, exc.code
+        return site, "ok"
+
+    results = dict(await asyncio.gather(*(check(s) for s in backends)))
+    ok = all(v == "ok" for v in results.values())
+    return web.json_response({"status": "ok" if ok else "degraded", "sites": results},
+                             status=200 if ok else 503)
+
+
+def routes() -> list[web.RouteDef]:
+    return [web.get("/health/live", live), web.get("/health/ready", ready)]

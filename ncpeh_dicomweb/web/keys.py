@@ -1,0 +1,40 @@
+"""Typed application state (aiohttp ``AppKey``s) and the per-request site context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ..backends.base import Backend
+from ..config import Settings
+from ..errors import NotFound
+
+__all__ = ["BACKENDS", "SETTINGS", "SiteContext", "site_context"]
+
+SETTINGS = web.AppKey("settings", Settings)
+BACKENDS = web.AppKey("backends", dict[str, Backend])
+
+
+@dataclass(frozen=True, slots=True)
+class SiteContext:
+    site_id: str
+    backend: Backend
+    base_url: str  # the gateway's public DICOMweb root for this site, as the client sees it
+
+
+def site_context(request: web.Request) -> SiteContext:
+    """The site a request is for (``/site/{site}/...`` or the default), or 404."""
+    settings = request.app[SETTINGS]
+    site_id = request.match_info.get("site")
+    backends = request.app[BACKENDS]
+    if site_id is None:
+        site_id = settings.default_site
+        suffix = "/dicom-web"
+    else:
+        suffix = f"/site/{site_id}/dicom-web"
+    backend = backends.get(site_id)
+    if backend is None:
+        raise NotFound("no such site", detail={"site": site_id[:64]})
+    public = settings.public_url or str(request.url.origin())
+    return SiteContext(site_id, backend, public.rstrip("/") + suffix)

@@ -1,0 +1,75 @@
+"""QIDO-RS handlers (PS3.18 10.6): search for studies, series and instances."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from ..backends.base import Scope
+from ..dicomweb.attributes import Level
+from ..dicomweb.media import negotiate_dicom_json
+from ..dicomweb.query import parse_qido
+from ..dicomweb.uids import check_uid
+from ..errors import UriTooLong
+from .keys import SETTINGS, site_context
+from .responses import json_response
+
+__all__ = ["routes"]
+
+
+async def _search(request: web.Request, level: Level) -> web.Response:
+    media_type = negotiate_dicom_json(request.headers.get("Accept"))
+    context = site_context(request)
+    limits = request.app[SETTINGS].limits
+    study = request.match_info.get("study")
+    series = request.match_info.get("series")
+    scope = Scope(
+        study=check_uid(study, "StudyInstanceUID") if study else None,
+        series=check_uid(series, "SeriesInstanceUID") if series else None,
+    )
+    raw = request.rel_url.raw_query_string
+    if len(raw) > limits.max_query_string:
+        raise UriTooLong(f"query string longer than {limits.max_query_string} characters")
+    # '+' as space, like the form encoding requests and browsers use (RFC 3986 says nothing).
+    params = parse_qsl(raw, keep_blank_values=True, errors="strict")
+    query = parse_qido(params, level, max_limit=limits.qido_max_results)
+    warnings = list(query.warnings)
+    capped = query.limit is None
+    if capped:
+        query = replace(query, limit=limits.qido_max_results)
+    result = await context.backend.search(query, scope, context.base_url)
+    warnings.extend(w for w in result.warnings if w not in warnings)
+    if capped and len(result.datasets) >= limits.qido_max_results:
+        warnings.append(
+            f"only the first {limits.qido_max_results} matches are returned; "
+            "use limit and offset to page through the rest"
+        )
+    return json_response(result.datasets, content_type=media_type, warnings=warnings)
+
+
+async def search_studies(request: web.Request) -> web.Response:
+    return await _search(request, Level.STUDY)
+
+
+async def search_series(request: web.Request) -> web.Response:
+    return await _search(request, Level.SERIES)
+
+
+async def search_instances(request: web.Request) -> web.Response:
+    return await _search(request, Level.INSTANCE)
+
+
+def routes(prefix: str) -> list[web.RouteDef]:
+    """The six QIDO-RS resources of PS3.18 Table 10.6.1-2 under ``prefix``."""
+    uid = r"{%s:[^/]+}"
+    study, series = uid % "study", uid % "series"
+    return [
+        web.get(f"{prefix}/studies", search_studies),
+        web.get(f"{prefix}/series", search_series),
+        web.get(f"{prefix}/instances", search_instances),
+        web.get(f"{prefix}/studies/{study}/series", search_series),
+        web.get(f"{prefix}/studies/{study}/instances", search_instances),
+        web.get(f"{prefix}/studies/{study}/series/{series}/instances", search_instances),
+    ]

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install the Debian packages the gateway's tests and demo need, if any is missing.
+set -euo pipefail
+want=(orthanc orthanc-dicomweb dcmtk curl)
+missing=()
+for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+echo "install-deps: installing ${missing[*]}" >&2
+for i in $(seq 1 30); do
+  # Another apt may hold the lock on a machine that just booted: retry.
+  if $sudo apt-get update -q >&2 && $sudo env DEBIAN_FRONTEND=noninteractive \
+       apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
+    exit 0
+  fi
+  echo "install-deps: apt failed (lock held?), retry $i/30" >&2; sleep 10
+done
+echo "install-deps: could not install ${missing[*]}" >&2; exit 1

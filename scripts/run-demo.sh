@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# `make run`: a local Orthanc loaded with sample studies, and the gateway in front of it.
+# Ctrl-C stops both. Usage: run-demo.sh PORT [SET...]   (sets: core large testdata)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+port="${1:-8080}"; shift || true
+sets=("${@:-core}")
+state="$PWD/var/orthanc"
+export PATH="$PWD/.venv/bin:$PATH"
+
+bash scripts/orthanc.sh stop --dir "$state" --purge >/dev/null 2>&1 || true
+loads=(); for s in "${sets[@]}"; do loads+=(--load "$s"); done
+eval "$(bash scripts/orthanc.sh start --dir "$state" "${loads[@]}")"
+trap 'bash scripts/orthanc.sh stop --dir "$state" --purge' EXIT
+
+base="http://127.0.0.1:$port"
+study=$(curl -sf "$DICOMWEB_ROOT/studies?limit=1&includefield=0020000D" \
+  | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d[0]["0020000D"]["Value"][0] if d else "")')
+cat <<TXT
+
+  PACS (Orthanc, for comparison)   $DICOMWEB_ROOT
+  Gateway                          $base/dicom-web
+
+  Try:
+    curl -s '$base/dicom-web/studies?PatientName=*&limit=5'
+    curl -s '$base/dicom-web/studies?StudyDate=20230101-20251231&ModalitiesInStudy=MR'
+    curl -s '$base/dicom-web/studies/$study/series'
+    curl -s '$base/dicom-web/studies/$study/metadata'
+    curl -s -o study.multipart '$base/dicom-web/studies/$study'
+    curl -s '$base/site/default/dicom-web/studies'      # the same site by id
+    curl -s '$base/health/ready'
+
+TXT
+.venv/bin/ncpeh-dicomweb serve --pacs-dicomweb "$DICOMWEB_ROOT" --port "$port"

@@ -1,0 +1,153 @@
+"""Session-wide real parts: an Orthanc PACS started by our own script, and the gateway."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+ORTHANC_SH = ROOT / "scripts" / "orthanc.sh"
+
+
+@dataclass(frozen=True)
+class Pacs:
+    dicomweb_root: str
+    url: str
+    state_dir: Path
+    manifest: dict[str, Any]
+    dicom_port: int
+    aet: str
+
+
+@dataclass(frozen=True)
+class Gateway:
+    url: str  # http://127.0.0.1:PORT
+    pid: int
+    log: Path
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicom-web"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    env = {}
+    for line in path.read_text().splitlines():
+        if "=" in line:
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip().strip('"')
+    return env
+
+
+def _manifest(state_dir: Path) -> dict[str, Any]:
+    path = state_dir / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@pytest.fixture(scope="session")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
+    """A real Orthanc + DICOMweb plugin on loopback, loaded with the sample sets.
+
+    Set NCPEH_TEST_ORTHANC_DIR to the state dir of an Orthanc already started with
+    `make pacs-up LOAD="core large testdata"` to reuse it (fast edit-test loop).
+    """
+    reuse = os.environ.get("NCPEH_TEST_ORTHANC_DIR")
+    if reuse:
+        state = Path(reuse)
+        env = _read_env(state / "env")
+        yield _pacs(env, state)
+        return
+    state = tmp_path_factory.mktemp("orthanc")
+    path = f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}"
+    started = subprocess.run(
+        ["bash", str(ORTHANC_SH), "start", "--dir", str(state),
+         "--load", "core", "--load", "large", "--load", "testdata"],
+        env={**os.environ, "PATH": path}, capture_output=True, text=True, timeout=600,
+    )
+    if started.returncode != 0:
+        pytest.fail(f"could not start Orthanc:\n{started.stderr[-3000:]}")
+    try:
+        yield _pacs(_read_env(state / "env"), state)
+    finally:
+        subprocess.run(["bash", str(ORTHANC_SH), "stop", "--dir", str(state), "--purge"],
+                       capture_output=True, timeout=60)
+
+
+def _pacs(env: dict[str, str], state: Path) -> Pacs:
+    return Pacs(
+        dicomweb_root=env["DICOMWEB_ROOT"],
+        url=env["ORTHANC_URL"],
+        state_dir=state,
+        manifest=_manifest(state),
+        dicom_port=int(env["ORTHANC_DICOM_PORT"]),
+        aet=env["ORTHANC_AET"],
+    )
+
+
+@pytest.fixture(scope="session")
+def gateway(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The gateway as users run it: its console script, in its own process."""
+    work = tmp_path_factory.mktemp("gateway")
+    port = free_port()
+    config = work / "gateway.toml"
+    config.write_text(
+        f"""
+default_site = "main"
+[server]
+host = "127.0.0.1"
+port = {port}
+[[sites]]
+id = "main"
+url = "{pacs.dicomweb_root}"
+[[sites]]
+id = "second"
+url = "{pacs.dicomweb_root}"
+"""
+    )
+    log = work / "gateway.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ncpeh_dicomweb.cli", "serve", "--config", str(config)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"{url}/health/live", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"gateway did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    try:
+        yield Gateway(url=url, pid=proc.pid, log=log)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        text = log.read_text()
+        assert "Traceback" not in text, f"gateway logged a traceback:\n{text[-3000:]}"

@@ -1,0 +1,245 @@
+"""Every failure answers with the right status and a JSON body; never a traceback or a 500."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from ncpeh_dicomweb.app import create_app
+from ncpeh_dicomweb.config import settings_from_mapping
+from tests.conftest import Pacs, free_port
+from tests.integration.util import pacs_json
+
+pytestmark = pytest.mark.integration
+
+UID = "1.2.840.113619.2.55.3.604688119.971.1"
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+ServerFactory = Callable[..., Awaitable[TestServer]]
+
+
+def _settings(sites: list[dict[str, Any]], **extra: Any) -> Any:
+    return settings_from_mapping({"sites": sites, **extra}, {})
+
+
+@pytest.fixture
+async def stalling_pacs() -> AsyncIterator[str]:
+    """Accepts connections, reads the request, never answers: a PACS that hangs."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read(65536)
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}/dicom-web"
+    for writer in held:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+async def gateway_client(
+    aiohttp_client: ClientFactory, pacs: Pacs, stalling_pacs: str
+) -> TestClient[Any, Any]:
+    closed_port = free_port()  # nothing listens there
+    settings = _settings([
+        {"id": "main", "url": pacs.dicomweb_root},
+        {"id": "down", "url": f"http://127.0.0.1:{closed_port}/dicom-web", "connect_timeout": 2},
+        {"id": "slow", "url": stalling_pacs, "search_timeout": 1, "read_timeout": 1},
+    ], limits={"qido_max_results": 50, "max_query_string": 2048})
+    return await aiohttp_client(create_app(settings))
+
+
+async def _error(client: TestClient[Any, Any], path: str, status: int, code: str,
+                 headers: dict[str, str] | None = None) -> dict[str, Any]:
+    response = await client.get(path, headers=headers or {})
+    text = await response.text()
+    assert response.status == status, (path, response.status, text)
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = await response.json()
+    assert body["status"] == status and body["error"] == code and body["message"]
+    assert "Traceback" not in text and "127.0.0.1" not in text
+    return dict(body)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/site/nowhere/dicom-web/studies", 404, "not-found"),
+        ("/dicom-web/nothing-here", 404, "not-found"),
+        ("/dicom-web/studies/1.2.3/frames/1/extra/path", 404, "not-found"),
+        (f"/dicom-web/studies/{UID}", 404, "not-found"),
+        (f"/dicom-web/studies/{UID}/metadata", 404, "not-found"),
+        (f"/dicom-web/studies/{UID}/series/1.2.3/instances/4.5.6", 404, "not-found"),
+        ("/dicom-web/studies/1.2.abc", 400, "invalid-uid"),
+        ("/dicom-web/studies/1.2.abc/metadata", 400, "invalid-uid"),
+        (f"/dicom-web/studies/{'1.' * 40}1", 400, "invalid-uid"),
+        ("/dicom-web/studies/1.2.3/series/x.y/instances", 400, "invalid-uid"),
+    ],
+)
+async def test_paths(gateway_client: TestClient[Any, Any], path: str, status: int, code: str) -> None:
+    await _error(gateway_client, path, status, code)
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ("StudyDate=2020-XX", "StudyDate"),
+        ("StudyDate=20231301", "StudyDate"),
+        ("StudyDate=20240101-20230101", "StudyDate"),
+        ("StudyTime=25", "StudyTime"),
+        ("NoSuchKeyword=1", "NoSuchKeyword"),
+        ("StudyInstanceUID=1.2.x", "StudyInstanceUID"),
+        ("StudyInstanceUID=1.2.*", "StudyInstanceUID"),
+        ("limit=abc", "limit"),
+        ("limit=-1", "limit"),
+        ("offset=-5", "offset"),
+        ("fuzzymatching=maybe", "fuzzymatching"),
+        ("includefield=NotAnAttribute", "includefield"),
+    ],
+)
+async def test_malformed_query_is_400_naming_the_parameter(
+    gateway_client: TestClient[Any, Any], query: str, parameter: str
+) -> None:
+    body = await _error(gateway_client, f"/dicom-web/studies?{query}", 400, "invalid-query")
+    assert body["detail"]["parameter"] == parameter
+
+
+async def test_overlong_query_string_is_414(gateway_client: TestClient[Any, Any]) -> None:
+    await _error(gateway_client, "/dicom-web/studies?PatientID=" + "A" * 3000, 414, "uri-too-long")
+
+
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [
+        (f"/dicom-web/studies/{UID}", "image/jpeg"),
+        (f"/dicom-web/studies/{UID}", "application/dicom"),
+        (f"/dicom-web/studies/{UID}", 'multipart/related; type="application/dicom"; transfer-syntax=1.2.3.4'),
+        (f"/dicom-web/studies/{UID}", 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2'),
+        ("/dicom-web/studies", 'multipart/related; type="application/dicom+xml"'),
+        ("/dicom-web/studies", "text/html"),
+        (f"/dicom-web/studies/{UID}/metadata", "image/png"),
+    ],
+)
+async def test_unsupported_accept_is_406(
+    gateway_client: TestClient[Any, Any], path: str, accept: str
+) -> None:
+    await _error(gateway_client, path, 406, "not-acceptable", {"Accept": accept})
+
+
+@pytest.mark.parametrize(
+    "path", ["/site/down/dicom-web/studies", f"/site/down/dicom-web/studies/{UID}",
+             f"/site/down/dicom-web/studies/{UID}/metadata"],
+)
+async def test_pacs_unreachable_is_502(gateway_client: TestClient[Any, Any], path: str) -> None:
+    await _error(gateway_client, path, 502, "pacs-unreachable")
+
+
+@pytest.mark.parametrize(
+    "path", ["/site/slow/dicom-web/studies", f"/site/slow/dicom-web/studies/{UID}",
+             f"/site/slow/dicom-web/studies/{UID}/metadata"],
+)
+async def test_pacs_too_slow_is_504(gateway_client: TestClient[Any, Any], path: str) -> None:
+    await _error(gateway_client, path, 504, "pacs-timeout")
+
+
+async def test_readiness_names_the_sick_sites(gateway_client: TestClient[Any, Any]) -> None:
+    response = await gateway_client.get("/health/ready")
+    assert response.status == 503
+    body = await response.json()
+    assert body["sites"] == {"main": "ok", "down": "pacs-unreachable", "slow": "pacs-timeout"}
+
+
+async def test_limit_above_server_maximum_is_capped_with_warning(
+    gateway_client: TestClient[Any, Any], pacs: Pacs
+) -> None:
+    response = await gateway_client.get("/dicom-web/instances?limit=100000")
+    assert response.status == 200
+    assert len(await response.json()) == 50
+    assert response.headers["Warning"].startswith('299 ncpeh-dicomweb "')
+    # no limit at all: the server maximum applies, and the client is told
+    response = await gateway_client.get("/dicom-web/instances")
+    assert len(await response.json()) == 50 and "Warning" in response.headers
+    assert len(pacs_json(pacs, "instances", "limit=51")) == 51  # there really are more
+
+
+# ------------------------------------------------------------ faults a real PACS won't show
+
+
+def _fake_pacs(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.Application:
+    app = web.Application()
+    app.router.add_get("/dicom-web/{tail:.*}", handler)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("upstream", "status", "code"),
+    [
+        (400, 400, "rejected-by-pacs"),
+        (404, 404, "not-found"),
+        (410, 410, "rejected-by-pacs"),
+        (401, 502, "bad-gateway"),
+        (403, 502, "bad-gateway"),
+        (500, 502, "bad-gateway"),
+        (503, 503, "pacs-busy"),
+        (504, 504, "pacs-timeout"),
+    ],
+)
+async def test_pacs_status_is_mapped(
+    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory,
+    upstream: int, status: int, code: str,
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=upstream, text="internal detail http://10.0.0.7/secret")
+
+    server = await aiohttp_server(_fake_pacs(answer))
+    client = await aiohttp_client(create_app(_settings([{"id": "x", "url": str(server.make_url("/dicom-web"))}])))
+    for path in ("/dicom-web/studies", f"/dicom-web/studies/{UID}", f"/dicom-web/studies/{UID}/metadata"):
+        body = await _error(client, path, status, code)
+        assert "10.0.0.7" not in str(body)
+        if status == 503:
+            response = await client.get(path)
+            assert response.headers["Retry-After"]
+
+
+async def test_truncated_upstream_stream_is_cut_not_completed(
+    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory
+) -> None:
+    """The PACS dies mid-study: the client must see a broken stream, not a complete one."""
+
+    async def half_a_study(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=XyZ'}
+        )
+        await response.prepare(request)
+        await response.write(b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + b"\0" * 100_000)
+        await response.write(b"\r\n--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + b"\1" * 50_000)
+        assert request.transport is not None
+        request.transport.close()  # no closing delimiter, connection gone
+        return response
+
+    server = await aiohttp_server(_fake_pacs(half_a_study))
+    client = await aiohttp_client(create_app(_settings([{"id": "x", "url": str(server.make_url("/dicom-web"))}])))
+    response = await client.get(f"/dicom-web/studies/{UID}")
+    assert response.status == 200  # headers had to go out before the failure
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await response.read()
+
+
+async def test_upstream_without_multipart_is_502(
+    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory
+) -> None:
+    async def json_instead(request: web.Request) -> web.Response:
+        return web.json_response([])
+
+    server = await aiohttp_server(_fake_pacs(json_instead))
+    client = await aiohttp_client(create_app(_settings([{"id": "x", "url": str(server.make_url("/dicom-web"))}])))
+    await _error(client, f"/dicom-web/studies/{UID}", 502, "bad-gateway")

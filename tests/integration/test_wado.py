@@ -1,0 +1,149 @@
+"""WADO-RS through the gateway: instances byte for byte, metadata at three levels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydicom
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+
+from tests.conftest import Gateway, Pacs
+from tests.integration.multipart_split import split_multipart
+from tests.integration.util import as_seen_through, pacs_json, uids
+
+pytestmark = pytest.mark.integration
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+def _get(url: str, accept: str | None) -> requests.Response:
+    headers = {"Accept": accept} if accept else {}
+    response = requests.get(url, headers=headers, timeout=120)
+    assert response.status_code == 200, (url, response.status_code, response.text[:300])
+    return response
+
+
+def _parts(url: str, accept: str | None) -> list[tuple[dict[str, str], bytes]]:
+    response = _get(url, accept)
+    return split_multipart(response.headers["Content-Type"], response.content)
+
+
+@pytest.fixture(scope="module")
+def client(gateway: Gateway) -> DICOMwebClient:
+    return DICOMwebClient(url=gateway.dicomweb)
+
+
+@pytest.fixture(scope="module")
+def small_studies(pacs: Pacs) -> list[str]:
+    """Every study but the large CT: the synthetic core set and pydicom's test files."""
+    studies = pacs_json(pacs, "studies", "includefield=00100020")
+    found = [s["0020000D"]["Value"][0] for s in studies
+             if s.get("00100020", {}).get("Value") != ["LARGE-CT-1"]]
+    assert len(found) >= 10
+    return found
+
+
+@pytest.fixture(scope="module")
+def a_series(pacs: Pacs, small_studies: list[str]) -> tuple[str, str, str]:
+    for study in small_studies:
+        for series in pacs_json(pacs, f"studies/{study}/series"):
+            series_uid = series["0020000E"]["Value"][0]
+            instances = pacs_json(pacs, f"studies/{study}/series/{series_uid}/instances")
+            if len(instances) >= 3:
+                return study, series_uid, instances[1]["00080018"]["Value"][0]
+    raise AssertionError("no series with three instances in the sample data")
+
+
+@pytest.mark.parametrize("accept", [AS_STORED, None], ids=["as-stored", "default-explicit-le"])
+def test_study_retrieve_is_byte_identical(
+    gateway: Gateway, pacs: Pacs, small_studies: list[str], accept: str | None
+) -> None:
+    # Without transfer-syntax the gateway asks for Explicit VR Little Endian (SPEC decision).
+    direct_accept = accept or f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_LE}'
+    compared = 0
+    for study in small_studies:
+        direct = requests.get(f"{pacs.dicomweb_root}/studies/{study}",
+                              headers={"Accept": direct_accept}, timeout=120)
+        if direct.status_code != 200:  # Orthanc cannot transcode some odd test files
+            continue
+        want = split_multipart(direct.headers["Content-Type"], direct.content)
+        got = _parts(f"{gateway.dicomweb}/studies/{study}", accept)
+        assert [p for _, p in got] == [p for _, p in want], study
+        for headers, _ in got:
+            if accept is None:
+                assert headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
+            else:
+                assert headers["content-type"].startswith("application/dicom")
+        compared += len(got)
+    assert compared >= 100
+
+
+def test_series_and_instance_retrieve_are_byte_identical(
+    gateway: Gateway, pacs: Pacs, a_series: tuple[str, str, str]
+) -> None:
+    study, series, sop = a_series
+    for path in (f"studies/{study}/series/{series}",
+                 f"studies/{study}/series/{series}/instances/{sop}"):
+        direct = _parts(f"{pacs.dicomweb_root}/{path}", AS_STORED)
+        got = _parts(f"{gateway.dicomweb}/{path}", AS_STORED)
+        assert [p for _, p in got] == [p for _, p in direct]
+        assert got, path
+    assert len(_parts(f"{gateway.dicomweb}/studies/{study}/series/{series}/instances/{sop}", None)) == 1
+
+
+def test_response_content_type_is_multipart_dicom(gateway: Gateway, a_series: tuple[str, str, str]) -> None:
+    study, _, _ = a_series
+    response = _get(f"{gateway.dicomweb}/studies/{study}", None)
+    content_type = response.headers["Content-Type"]
+    assert content_type.startswith('multipart/related; type="application/dicom"')
+    assert "boundary=" in content_type
+
+
+def test_dicomweb_client_reads_retrieved_instances(
+    client: DICOMwebClient, pacs: Pacs, a_series: tuple[str, str, str]
+) -> None:
+    study, series, sop = a_series
+    datasets = client.retrieve_study(study)
+    want = uids(pacs_json(pacs, f"studies/{study}/instances"), "00080018")
+    assert sorted(d.SOPInstanceUID for d in datasets) == sorted(want)
+    assert all(d.file_meta.TransferSyntaxUID == EXPLICIT_LE for d in datasets)
+    assert all(d.PixelData for d in datasets)
+    series_datasets = client.retrieve_series(study, series)
+    assert {d.SeriesInstanceUID for d in series_datasets} == {series}
+    instance = client.retrieve_instance(study, series, sop)
+    assert isinstance(instance, pydicom.Dataset) and instance.SOPInstanceUID == sop
+
+
+def test_metadata_at_three_levels_equals_pacs(
+    client: DICOMwebClient, gateway: Gateway, pacs: Pacs, a_series: tuple[str, str, str]
+) -> None:
+    study, series, sop = a_series
+    cases: list[tuple[Any, str]] = [
+        (client.retrieve_study_metadata(study), f"studies/{study}/metadata"),
+        (client.retrieve_series_metadata(study, series), f"studies/{study}/series/{series}/metadata"),
+        (client.retrieve_instance_metadata(study, series, sop),
+         f"studies/{study}/series/{series}/instances/{sop}/metadata"),
+    ]
+    for got, path in cases:
+        expected = as_seen_through(gateway.dicomweb, pacs, pacs_json(pacs, path))
+        if isinstance(got, dict):  # dicomweb-client unwraps a single instance's metadata
+            got = [got]
+        assert got == expected, path
+        assert got
+
+
+def test_bulk_data_uris_point_at_the_gateway(
+    gateway: Gateway, pacs: Pacs, a_series: tuple[str, str, str]
+) -> None:
+    study, series, _ = a_series
+    response = _get(f"{gateway.dicomweb}/studies/{study}/series/{series}/metadata", None)
+    assert response.headers["Content-Type"] == "application/dicom+json"
+    body = response.text
+    assert "BulkDataURI" in body
+    assert pacs.dicomweb_root.split("//")[1] not in body
+    for dataset in response.json():
+        uri = dataset["7FE00010"]["BulkDataURI"]
+        assert uri.startswith(f"{gateway.dicomweb}/studies/{study}/series/{series}/instances/")
