@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ncpeh_dicomweb.config import ConfigError, load_settings, settings_from_mapping
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _site(**extra: Any) -> dict[str, Any]:
+    return {"id": "central", "url": "http://pacs:8042/dicom-web/", **extra}
+
+
+def test_minimal_settings_take_defaults() -> None:
+    settings = settings_from_mapping({"sites": [_site()]}, {})
+    assert settings.default_site == "central"
+    site = settings.site("central")
+    assert site is not None and site.url == "http://pacs:8042/dicom-web"  # no trailing slash
+    assert settings.limits.qido_max_results == 1000
+    assert settings.site("other") is None
+
+
+def test_secrets_come_from_the_environment() -> None:
+    raw = {"sites": [_site(auth="basic", username="gw")]}
+    settings = settings_from_mapping(raw, {"NCPEH_SITE_CENTRAL_PASSWORD": "s3cret"})
+    site = settings.sites[0]
+    assert site.password == "s3cret"
+    assert "s3cret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("raw", "names"),
+    [
+        ({}, "sites"),
+        ({"sites": [_site(url="ftp://pacs")]}, "sites[0].url"),
+        ({"sites": [_site(url=None)]}, "sites[0].url"),
+        ({"sites": [_site(id="bad id!")]}, "sites[0].id"),
+        ({"sites": [_site(kind="carrier-pigeon")]}, "sites[0].kind"),
+        ({"sites": [_site(read_timeout=-1)]}, "sites[0].read_timeout"),
+        ({"sites": [_site(max_connections=0)]}, "sites[0].max_connections"),
+        ({"sites": [_site(auth="basic")]}, "sites[0].username"),
+        ({"sites": [_site(auth="bearer")]}, "sites[0].token"),
+        ({"sites": [_site(colour="blue")]}, "sites[0].colour"),
+        ({"sites": [_site(), _site()]}, "duplicate"),
+        ({"sites": [_site()], "default_site": "nope"}, "default_site"),
+        ({"sites": [_site()], "public_url": "not a url"}, "public_url"),
+        ({"sites": [_site()], "server": {"port": 70000}}, "server.port"),
+        ({"sites": [_site()], "limits": {"qido_max_results": 0}}, "limits.qido_max_results"),
+        ({"sites": [_site()], "typo": 1}, "typo"),
+    ],
+)
+def test_bad_values_name_the_key(raw: dict[str, Any], names: str) -> None:
+    with pytest.raises(ConfigError, match=names.replace("[", r"\[").replace("]", r"\]")):
+        settings_from_mapping(raw, {})
+
+
+def test_example_config_is_valid() -> None:
+    settings = load_settings(ROOT / "examples" / "gateway.toml", {"NCPEH_SITE_CENTRAL_PASSWORD": "x"})
+    assert settings.sites[0].id == "central"
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "none.toml", {})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("sites = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(broken, {})
