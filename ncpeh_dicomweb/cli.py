@@ -40,7 +40,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     if config:
         settings = load_settings(config)
     elif args.pacs_dicomweb:
-        raw: dict[str, Any] = {"sites": [{"id": "default", "kind": "dicomweb", "url": args.pacs_dicomweb}]}
+        raw: dict[str, Any] = {
+            "sites": [{"id": "default", "kind": "dicomweb", "url": args.pacs_dicomweb}]
+        }
         settings = settings_from_mapping(raw, os.environ)
     else:
         raise ConfigError("no settings: give --config FILE, NCPEH_CONFIG, or --pacs-dicomweb URL")

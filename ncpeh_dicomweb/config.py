@@ -102,7 +102,7 @@ class Settings:
 
 
 def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate a TOML settings file; ``env`` (default ``os.environ``) overrides secrets."""
+    """Read and validate a TOML settings file; ``env`` (default: os.environ) holds secrets."""
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -183,7 +183,9 @@ def _site(raw: object, index: int, env: Mapping[str, str]) -> Site:
     password = env.get(prefix + "PASSWORD") or _opt_str(raw, "password", where)
     token = env.get(prefix + "TOKEN") or _opt_str(raw, "token", where)
     if auth == "basic" and (not username or password is None):
-        raise ConfigError(f"{where}username/password: required for auth = 'basic' (or {prefix}PASSWORD)")
+        raise ConfigError(
+            f"{where}username/password: required for auth = 'basic' (or {prefix}PASSWORD)"
+        )
     if auth == "bearer" and not token:
         raise ConfigError(f"{where}token: required for auth = 'bearer' (or {prefix}TOKEN)")
     aliases = raw.get("url_aliases", [])
@@ -244,7 +246,7 @@ def _float(raw: Mapping[str, Any], key: str, where: str, default: float) -> floa
 
 
 def check_http_url(value: str, key: str) -> str:
-    """``value`` without a trailing slash if it is an http(s) URL, else ConfigError naming ``key``."""
+    """``value`` without trailing slash if an http(s) URL, else ConfigError naming ``key``."""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise ConfigError(f"{key}: must be an http(s) URL without query, not {value!r}")

@@ -65,7 +65,11 @@ class GatewayError(Exception):
 
     def body(self) -> dict[str, object]:
         """The JSON body sent to the client."""
-        out: dict[str, object] = {"status": self.status, "error": self.code, "message": self.message}
+        out: dict[str, object] = {
+            "status": self.status,
+            "error": self.code,
+            "message": self.message,
+        }
         if self.detail:
             out["detail"] = self.detail
         return out

@@ -78,17 +78,34 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
     state = tmp_path_factory.mktemp("orthanc")
     path = f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}"
     started = subprocess.run(
-        ["bash", str(ORTHANC_SH), "start", "--dir", str(state),
-         "--load", "core", "--load", "large", "--load", "testdata"],
-        env={**os.environ, "PATH": path}, capture_output=True, text=True, timeout=600,
+        [
+            "bash",
+            str(ORTHANC_SH),
+            "start",
+            "--dir",
+            str(state),
+            "--load",
+            "core",
+            "--load",
+            "large",
+            "--load",
+            "testdata",
+        ],
+        env={**os.environ, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if started.returncode != 0:
         pytest.fail(f"could not start Orthanc:\n{started.stderr[-3000:]}")
     try:
         yield _pacs(_read_env(state / "env"), state)
     finally:
-        subprocess.run(["bash", str(ORTHANC_SH), "stop", "--dir", str(state), "--purge"],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            ["bash", str(ORTHANC_SH), "stop", "--dir", str(state), "--purge"],
+            capture_output=True,
+            timeout=60,
+        )
 
 
 def _pacs(env: dict[str, str], state: Path) -> Pacs:
@@ -126,7 +143,9 @@ url = "{pacs.dicomweb_root}"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ncpeh_dicomweb.cli", "serve", "--config", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -84,6 +84,8 @@ class DicomWebBackend:
 
     async def search(self, query: QidoQuery, scope: Scope, base_url: str) -> SearchResult:
         warnings: list[str] = list(query.warnings)
+        if query.limit == 0:  # many servers read limit=0 as "no limit"; PS3.18 means none
+            return SearchResult([], tuple(warnings))
         lower = tuple(k for k in query.keys if _is_below(k, query.level))
         if lower:
             parents = await self._relational_parents(query, lower, scope, warnings)
@@ -178,13 +180,17 @@ class DicomWebBackend:
         rewrite = UrlRewriter(self._roots, base_url)
         async with self._request(url, media.upstream_accept(), self._stream_timeout) as resp:
             try:
-                boundary = multipart.boundary_from_content_type(resp.headers.get("Content-Type", ""))
+                boundary = multipart.boundary_from_content_type(
+                    resp.headers.get("Content-Type", "")
+                )
             except multipart.MultipartError:
-                raise BackendError("the PACS answered a retrieve without a multipart body") from None
+                raise BackendError(
+                    "the PACS answered a retrieve without a multipart body"
+                ) from None
             reader = multipart.MultipartReader(boundary)
             try:
                 async for chunk in resp.content.iter_chunked(_READ_SIZE):
-                    for event in _events(reader, chunk):
+                    for event in _events(reader, chunk, rewrite):
                         yield event
                 reader.finish()
             except multipart.MultipartError as exc:
@@ -195,8 +201,9 @@ class DicomWebBackend:
     # ------------------------------------------------------------------ plumbing
 
     async def ping(self) -> None:
-        async with self._request(f"{self._root}/studies?limit=1", "application/dicom+json",
-                                 self._search_timeout):
+        async with self._request(
+            f"{self._root}/studies?limit=1", "application/dicom+json", self._search_timeout
+        ):
             pass
 
     async def close(self) -> None:
@@ -204,12 +211,12 @@ class DicomWebBackend:
 
     @asynccontextmanager
     async def _request(
-        self, url: str, accept: str, timeout: aiohttp.ClientTimeout
+        self, url: str, accept: str, client_timeout: aiohttp.ClientTimeout
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         headers = {**self._headers, "Accept": accept}
         try:
             async with self._session.get(
-                url, headers=headers, auth=self._auth, timeout=timeout, allow_redirects=False
+                url, headers=headers, auth=self._auth, timeout=client_timeout, allow_redirects=False
             ) as resp:
                 if resp.status >= 300:
                     raise _map_status(resp.status, resp.headers.get("Retry-After"))
@@ -223,12 +230,19 @@ class DicomWebBackend:
 # ---------------------------------------------------------------------- pure helpers
 
 
-def _events(reader: multipart.MultipartReader, chunk: bytes) -> Iterator[RetrieveEvent]:
+def _events(
+    reader: multipart.MultipartReader, chunk: bytes, rewrite: UrlRewriter
+) -> Iterator[RetrieveEvent]:
     for event in reader.feed(chunk):
         if isinstance(event, multipart.PartData):
             yield event.data
         elif isinstance(event, multipart.PartStart):
-            yield PartHead({k: v for k, v in event.headers.items() if k in _PART_HEADERS})
+            headers = {k: v for k, v in event.headers.items() if k in _PART_HEADERS}
+            if "content-location" in headers:
+                location = rewrite(headers.pop("content-location"))
+                if location is not None:
+                    headers["content-location"] = location
+            yield PartHead(headers)
 
 
 def _qido_path(level: Level, scope: Scope) -> str:
@@ -237,7 +251,10 @@ def _qido_path(level: Level, scope: Scope) -> str:
         prefix = f"studies/{scope.study}/"
         if scope.series:
             prefix += f"series/{scope.series}/"
-    return prefix + {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}[level]
+    return (
+        prefix
+        + {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}[level]
+    )
 
 
 def _is_below(key: MatchKey, level: Level) -> bool:

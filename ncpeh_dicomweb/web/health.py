@@ -28,8 +28,9 @@ async def ready(request: web.Request) -> web.Response:
 
     results = dict(await asyncio.gather(*(check(s) for s in backends)))
     ok = all(v == "ok" for v in results.values())
-    return web.json_response({"status": "ok" if ok else "degraded", "sites": results},
-                             status=200 if ok else 503)
+    return web.json_response(
+        {"status": "ok" if ok else "degraded", "sites": results}, status=200 if ok else 503
+    )
 
 
 def routes() -> list[web.RouteDef]:

@@ -59,5 +59,3 @@ class AccessLogger(AbstractAccessLogger):
             response.body_length,
             time_ * 1000,
         )
-
-

@@ -72,7 +72,9 @@ async def _stream(
             headers = dict(event.headers)
             if media.transfer_syntax != "*" or "content-type" not in headers:
                 headers["content-type"] = media.part_content_type()
-            await response.write(multipart.part_header(boundary, _titled(headers), first=parts == 0))
+            await response.write(
+                multipart.part_header(boundary, _titled(headers), first=parts == 0)
+            )
             parts += 1
         else:
             await response.write(event)

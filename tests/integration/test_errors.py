@@ -50,16 +50,28 @@ async def gateway_client(
     aiohttp_client: ClientFactory, pacs: Pacs, stalling_pacs: str
 ) -> TestClient[Any, Any]:
     closed_port = free_port()  # nothing listens there
-    settings = _settings([
-        {"id": "main", "url": pacs.dicomweb_root},
-        {"id": "down", "url": f"http://127.0.0.1:{closed_port}/dicom-web", "connect_timeout": 2},
-        {"id": "slow", "url": stalling_pacs, "search_timeout": 1, "read_timeout": 1},
-    ], limits={"qido_max_results": 50, "max_query_string": 2048})
+    settings = _settings(
+        [
+            {"id": "main", "url": pacs.dicomweb_root},
+            {
+                "id": "down",
+                "url": f"http://127.0.0.1:{closed_port}/dicom-web",
+                "connect_timeout": 2,
+            },
+            {"id": "slow", "url": stalling_pacs, "search_timeout": 1, "read_timeout": 1},
+        ],
+        limits={"qido_max_results": 50, "max_query_string": 2048},
+    )
     return await aiohttp_client(create_app(settings))
 
 
-async def _error(client: TestClient[Any, Any], path: str, status: int, code: str,
-                 headers: dict[str, str] | None = None) -> dict[str, Any]:
+async def _error(
+    client: TestClient[Any, Any],
+    path: str,
+    status: int,
+    code: str,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     response = await client.get(path, headers=headers or {})
     text = await response.text()
     assert response.status == status, (path, response.status, text)
@@ -85,7 +97,9 @@ async def _error(client: TestClient[Any, Any], path: str, status: int, code: str
         ("/dicom-web/studies/1.2.3/series/x.y/instances", 400, "invalid-uid"),
     ],
 )
-async def test_paths(gateway_client: TestClient[Any, Any], path: str, status: int, code: str) -> None:
+async def test_paths(
+    gateway_client: TestClient[Any, Any], path: str, status: int, code: str
+) -> None:
     await _error(gateway_client, path, status, code)
 
 
@@ -122,8 +136,14 @@ async def test_overlong_query_string_is_414(gateway_client: TestClient[Any, Any]
     [
         (f"/dicom-web/studies/{UID}", "image/jpeg"),
         (f"/dicom-web/studies/{UID}", "application/dicom"),
-        (f"/dicom-web/studies/{UID}", 'multipart/related; type="application/dicom"; transfer-syntax=1.2.3.4'),
-        (f"/dicom-web/studies/{UID}", 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2'),
+        (
+            f"/dicom-web/studies/{UID}",
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.3.4',
+        ),
+        (
+            f"/dicom-web/studies/{UID}",
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2',
+        ),
         ("/dicom-web/studies", 'multipart/related; type="application/dicom+xml"'),
         ("/dicom-web/studies", "text/html"),
         (f"/dicom-web/studies/{UID}/metadata", "image/png"),
@@ -136,16 +156,24 @@ async def test_unsupported_accept_is_406(
 
 
 @pytest.mark.parametrize(
-    "path", ["/site/down/dicom-web/studies", f"/site/down/dicom-web/studies/{UID}",
-             f"/site/down/dicom-web/studies/{UID}/metadata"],
+    "path",
+    [
+        "/site/down/dicom-web/studies",
+        f"/site/down/dicom-web/studies/{UID}",
+        f"/site/down/dicom-web/studies/{UID}/metadata",
+    ],
 )
 async def test_pacs_unreachable_is_502(gateway_client: TestClient[Any, Any], path: str) -> None:
     await _error(gateway_client, path, 502, "pacs-unreachable")
 
 
 @pytest.mark.parametrize(
-    "path", ["/site/slow/dicom-web/studies", f"/site/slow/dicom-web/studies/{UID}",
-             f"/site/slow/dicom-web/studies/{UID}/metadata"],
+    "path",
+    [
+        "/site/slow/dicom-web/studies",
+        f"/site/slow/dicom-web/studies/{UID}",
+        f"/site/slow/dicom-web/studies/{UID}/metadata",
+    ],
 )
 async def test_pacs_too_slow_is_504(gateway_client: TestClient[Any, Any], path: str) -> None:
     await _error(gateway_client, path, 504, "pacs-timeout")
@@ -194,15 +222,24 @@ def _fake_pacs(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) 
     ],
 )
 async def test_pacs_status_is_mapped(
-    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory,
-    upstream: int, status: int, code: str,
+    aiohttp_client: ClientFactory,
+    aiohttp_server: ServerFactory,
+    upstream: int,
+    status: int,
+    code: str,
 ) -> None:
     async def answer(request: web.Request) -> web.Response:
         return web.Response(status=upstream, text="internal detail http://10.0.0.7/secret")
 
     server = await aiohttp_server(_fake_pacs(answer))
-    client = await aiohttp_client(create_app(_settings([{"id": "x", "url": str(server.make_url("/dicom-web"))}])))
-    for path in ("/dicom-web/studies", f"/dicom-web/studies/{UID}", f"/dicom-web/studies/{UID}/metadata"):
+    client = await aiohttp_client(
+        create_app(_settings([{"id": "x", "url": str(server.make_url("/dicom-web"))}]))
+    )
+    for path in (
+        "/dicom-web/studies",
+        f"/dicom-web/studies/{UID}",
+        f"/dicom-web/studies/{UID}/metadata",
+    ):
         body = await _error(client, path, status, code)
         assert "10.0.0.7" not in str(body)
         if status == 503:
@@ -221,13 +258,17 @@ async def test_truncated_upstream_stream_is_cut_not_completed(
         )
         await response.prepare(request)
         await response.write(b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + b"\0" * 100_000)
-        await response.write(b"\r\n--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + b"\1" * 50_000)
+        await response.write(
+            b"\r\n--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + b"\1" * 50_000
+        )
         assert request.transport is not None
         request.transport.close()  # no closing delimiter, connection gone
         return response
 
     server = await aiohttp_server(_fake_pacs(half_a_study))
-    client = await aiohttp_client(create_app(_settings([{"id": "x", "url": str(server.make_url("/dicom-web"))}])))
+    client = await aiohttp_client(
+        create_app(_settings([{"id": "x", "url": str(server.make_url("/dicom-web"))}]))
+    )
     response = await client.get(f"/dicom-web/studies/{UID}")
     assert response.status == 200  # headers had to go out before the failure
     with pytest.raises(aiohttp.ClientPayloadError):
@@ -241,5 +282,7 @@ async def test_upstream_without_multipart_is_502(
         return web.json_response([])
 
     server = await aiohttp_server(_fake_pacs(json_instead))
-    client = await aiohttp_client(create_app(_settings([{"id": "x", "url": str(server.make_url("/dicom-web"))}])))
+    client = await aiohttp_client(
+        create_app(_settings([{"id": "x", "url": str(server.make_url("/dicom-web"))}]))
+    )
     await _error(client, f"/dicom-web/studies/{UID}", 502, "bad-gateway")

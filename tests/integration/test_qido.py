@@ -49,7 +49,9 @@ def sample(pacs: Pacs) -> Sample:
     study_uid = _value(study, STUDY_UID)
     series = pacs_json(pacs, f"studies/{study_uid}/series")
     assert len(series) >= 2
-    instances = pacs_json(pacs, f"studies/{study_uid}/series/{_value(series[0], SERIES_UID)}/instances")
+    instances = pacs_json(
+        pacs, f"studies/{study_uid}/series/{_value(series[0], SERIES_UID)}/instances"
+    )
     other = next(_value(s, STUDY_UID) for s in studies if _value(s, STUDY_UID) != study_uid)
     return Sample(
         study=study,
@@ -74,7 +76,9 @@ def client(gateway: Gateway) -> DICOMwebClient:
 
 def _sorted(datasets: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # PS3.18 leaves the order of matches open; compare as sets of datasets.
-    key = lambda d: tuple(d.get(t, {}).get("Value", [""])[0] for t in (STUDY_UID, SERIES_UID, SOP_UID))  # noqa: E731
+    def key(d: dict[str, Any]) -> tuple[str, ...]:
+        return tuple(d.get(t, {}).get("Value", [""])[0] for t in (STUDY_UID, SERIES_UID, SOP_UID))
+
     return sorted(datasets, key=key)
 
 
@@ -83,89 +87,214 @@ Case = tuple[str, str, Callable[[Sample], dict[str, Any]], Callable[[Sample], st
 
 STUDY_CASES: list[Case] = [
     ("all", "studies", lambda s: {}, lambda s: ""),
-    ("keyword", "studies", lambda s: {"search_filters": {"PatientID": s.patient_id}},
-     lambda s: f"PatientID={s.patient_id}"),
-    ("tag", "studies", lambda s: {"search_filters": {"00100020": s.patient_id}},
-     lambda s: f"PatientID={s.patient_id}"),
-    ("wildcard-star", "studies", lambda s: {"search_filters": {"PatientName": s.patient_name[:3] + "*"}},
-     lambda s: f"PatientName={s.patient_name[:3]}*"),
-    ("wildcard-question", "studies",
-     lambda s: {"search_filters": {"PatientName": "?" + s.patient_name[1:]}},
-     lambda s: f"PatientName=?{s.patient_name[1:]}"),
-    ("date-single", "studies", lambda s: {"search_filters": {"StudyDate": s.study_date}},
-     lambda s: f"StudyDate={s.study_date}"),
-    ("date-range", "studies", lambda s: {"search_filters": {"StudyDate": f"20230101-{s.study_date}"}},
-     lambda s: f"StudyDate=20230101-{s.study_date}"),
-    ("date-open-end", "studies", lambda s: {"search_filters": {"StudyDate": f"{s.study_date}-"}},
-     lambda s: f"StudyDate={s.study_date}-"),
-    ("date-open-start", "studies", lambda s: {"search_filters": {"StudyDate": f"-{s.study_date}"}},
-     lambda s: f"StudyDate=-{s.study_date}"),
-    ("time-range", "studies", lambda s: {"search_filters": {"StudyTime": "000000-235959"}},
-     lambda s: "StudyTime=000000-235959"),
-    ("uid-list-repeated", "studies",
-     lambda s: {"search_filters": {"StudyInstanceUID": [s.study_uid, s.other_study_uid]}},
-     lambda s: f"StudyInstanceUID={s.study_uid},{s.other_study_uid}"),
-    ("uid-list-comma", "studies",
-     lambda s: {"search_filters": {"StudyInstanceUID": f"{s.study_uid},{s.other_study_uid}"}},
-     lambda s: f"StudyInstanceUID={s.study_uid},{s.other_study_uid}"),
-    ("uid-list-backslash", "studies",
-     lambda s: {"search_filters": {"StudyInstanceUID": f"{s.study_uid}\\{s.other_study_uid}"}},
-     lambda s: f"StudyInstanceUID={s.study_uid},{s.other_study_uid}"),
-    ("accession", "studies", lambda s: {"search_filters": {"AccessionNumber": s.accession}},
-     lambda s: f"AccessionNumber={s.accession}"),
-    ("modalities-in-study", "studies", lambda s: {"search_filters": {"ModalitiesInStudy": "MR"}},
-     lambda s: "ModalitiesInStudy=MR"),
-    ("modality-on-studies", "studies", lambda s: {"search_filters": {"Modality": "MR"}},
-     lambda s: "ModalitiesInStudy=MR"),
-    ("includefield-keyword", "studies",
-     lambda s: {"fields": ["StudyDescription"], "search_filters": {"PatientID": s.patient_id}},
-     lambda s: f"PatientID={s.patient_id}&includefield=StudyDescription"),
-    ("includefield-tags", "studies",
-     lambda s: {"fields": ["00081030", "00080090"], "search_filters": {"PatientID": s.patient_id}},
-     lambda s: f"PatientID={s.patient_id}&includefield=00081030&includefield=00080090"),
-    ("includefield-all", "studies",
-     lambda s: {"fields": ["all"], "search_filters": {"PatientID": s.patient_id}},
-     lambda s: f"PatientID={s.patient_id}&includefield=all"),
-    ("fuzzymatching", "studies",
-     lambda s: {"fuzzymatching": True, "search_filters": {"PatientID": s.patient_id}},
-     lambda s: f"PatientID={s.patient_id}&fuzzymatching=true"),
-    ("universal-empty", "studies", lambda s: {"search_filters": {"StudyDescription": ""}},
-     lambda s: "StudyDescription="),
+    (
+        "keyword",
+        "studies",
+        lambda s: {"search_filters": {"PatientID": s.patient_id}},
+        lambda s: f"PatientID={s.patient_id}",
+    ),
+    (
+        "tag",
+        "studies",
+        lambda s: {"search_filters": {"00100020": s.patient_id}},
+        lambda s: f"PatientID={s.patient_id}",
+    ),
+    (
+        "wildcard-star",
+        "studies",
+        lambda s: {"search_filters": {"PatientName": s.patient_name[:3] + "*"}},
+        lambda s: f"PatientName={s.patient_name[:3]}*",
+    ),
+    (
+        "wildcard-question",
+        "studies",
+        lambda s: {"search_filters": {"PatientName": "?" + s.patient_name[1:]}},
+        lambda s: f"PatientName=?{s.patient_name[1:]}",
+    ),
+    (
+        "date-single",
+        "studies",
+        lambda s: {"search_filters": {"StudyDate": s.study_date}},
+        lambda s: f"StudyDate={s.study_date}",
+    ),
+    (
+        "date-range",
+        "studies",
+        lambda s: {"search_filters": {"StudyDate": f"20230101-{s.study_date}"}},
+        lambda s: f"StudyDate=20230101-{s.study_date}",
+    ),
+    (
+        "date-open-end",
+        "studies",
+        lambda s: {"search_filters": {"StudyDate": f"{s.study_date}-"}},
+        lambda s: f"StudyDate={s.study_date}-",
+    ),
+    (
+        "date-open-start",
+        "studies",
+        lambda s: {"search_filters": {"StudyDate": f"-{s.study_date}"}},
+        lambda s: f"StudyDate=-{s.study_date}",
+    ),
+    (
+        "time-range",
+        "studies",
+        lambda s: {"search_filters": {"StudyTime": "000000-235959"}},
+        lambda s: "StudyTime=000000-235959",
+    ),
+    (
+        "uid-list-repeated",
+        "studies",
+        lambda s: {"search_filters": {"StudyInstanceUID": [s.study_uid, s.other_study_uid]}},
+        lambda s: f"StudyInstanceUID={s.study_uid},{s.other_study_uid}",
+    ),
+    (
+        "uid-list-comma",
+        "studies",
+        lambda s: {"search_filters": {"StudyInstanceUID": f"{s.study_uid},{s.other_study_uid}"}},
+        lambda s: f"StudyInstanceUID={s.study_uid},{s.other_study_uid}",
+    ),
+    (
+        "uid-list-backslash",
+        "studies",
+        lambda s: {"search_filters": {"StudyInstanceUID": f"{s.study_uid}\\{s.other_study_uid}"}},
+        lambda s: f"StudyInstanceUID={s.study_uid},{s.other_study_uid}",
+    ),
+    (
+        "accession",
+        "studies",
+        lambda s: {"search_filters": {"AccessionNumber": s.accession}},
+        lambda s: f"AccessionNumber={s.accession}",
+    ),
+    (
+        "modalities-in-study",
+        "studies",
+        lambda s: {"search_filters": {"ModalitiesInStudy": "MR"}},
+        lambda s: "ModalitiesInStudy=MR",
+    ),
+    (
+        "modality-on-studies",
+        "studies",
+        lambda s: {"search_filters": {"Modality": "MR"}},
+        lambda s: "ModalitiesInStudy=MR",
+    ),
+    (
+        "includefield-keyword",
+        "studies",
+        lambda s: {"fields": ["StudyDescription"], "search_filters": {"PatientID": s.patient_id}},
+        lambda s: f"PatientID={s.patient_id}&includefield=StudyDescription",
+    ),
+    (
+        "includefield-tags",
+        "studies",
+        lambda s: {
+            "fields": ["00081030", "00080090"],
+            "search_filters": {"PatientID": s.patient_id},
+        },
+        lambda s: f"PatientID={s.patient_id}&includefield=00081030&includefield=00080090",
+    ),
+    (
+        "includefield-all",
+        "studies",
+        lambda s: {"fields": ["all"], "search_filters": {"PatientID": s.patient_id}},
+        lambda s: f"PatientID={s.patient_id}&includefield=all",
+    ),
+    (
+        "fuzzymatching",
+        "studies",
+        lambda s: {"fuzzymatching": True, "search_filters": {"PatientID": s.patient_id}},
+        lambda s: f"PatientID={s.patient_id}&fuzzymatching=true",
+    ),
+    (
+        "universal-empty",
+        "studies",
+        lambda s: {"search_filters": {"StudyDescription": ""}},
+        lambda s: "StudyDescription=",
+    ),
     ("limit", "studies", lambda s: {"limit": 2}, lambda s: "limit=2"),
     ("limit-offset", "studies", lambda s: {"limit": 3, "offset": 2}, lambda s: "limit=3&offset=2"),
-    ("combined", "studies",
-     lambda s: {"search_filters": {"PatientName": s.patient_name[:2] + "*", "StudyDate": f"-{s.study_date}",
-                                   "ModalitiesInStudy": "MR"}},
-     lambda s: f"PatientName={s.patient_name[:2]}*&StudyDate=-{s.study_date}&ModalitiesInStudy=MR"),
+    (
+        "combined",
+        "studies",
+        lambda s: {
+            "search_filters": {
+                "PatientName": s.patient_name[:2] + "*",
+                "StudyDate": f"-{s.study_date}",
+                "ModalitiesInStudy": "MR",
+            }
+        },
+        lambda s: (
+            f"PatientName={s.patient_name[:2]}*&StudyDate=-{s.study_date}&ModalitiesInStudy=MR"
+        ),
+    ),
 ]
 
 SERIES_CASES: list[Case] = [
     ("all-series", "series", lambda s: {}, lambda s: ""),
-    ("modality", "series", lambda s: {"search_filters": {"Modality": "MR"}}, lambda s: "Modality=MR"),
-    ("series-uid", "series", lambda s: {"search_filters": {"SeriesInstanceUID": s.series_uid}},
-     lambda s: f"SeriesInstanceUID={s.series_uid}"),
-    ("patient-on-series", "series", lambda s: {"search_filters": {"PatientID": s.patient_id}},
-     lambda s: f"PatientID={s.patient_id}"),
+    (
+        "modality",
+        "series",
+        lambda s: {"search_filters": {"Modality": "MR"}},
+        lambda s: "Modality=MR",
+    ),
+    (
+        "series-uid",
+        "series",
+        lambda s: {"search_filters": {"SeriesInstanceUID": s.series_uid}},
+        lambda s: f"SeriesInstanceUID={s.series_uid}",
+    ),
+    (
+        "patient-on-series",
+        "series",
+        lambda s: {"search_filters": {"PatientID": s.patient_id}},
+        lambda s: f"PatientID={s.patient_id}",
+    ),
     ("series-in-study", "studies/{study}/series", lambda s: {}, lambda s: ""),
-    ("series-number-in-study", "studies/{study}/series",
-     lambda s: {"search_filters": {"SeriesNumber": s.series_number}},
-     lambda s: f"SeriesNumber={s.series_number}"),
-    ("series-includefield", "studies/{study}/series",
-     lambda s: {"fields": ["SeriesDescription", "BodyPartExamined"]},
-     lambda s: "includefield=SeriesDescription&includefield=BodyPartExamined"),
+    (
+        "series-number-in-study",
+        "studies/{study}/series",
+        lambda s: {"search_filters": {"SeriesNumber": s.series_number}},
+        lambda s: f"SeriesNumber={s.series_number}",
+    ),
+    (
+        "series-includefield",
+        "studies/{study}/series",
+        lambda s: {"fields": ["SeriesDescription", "BodyPartExamined"]},
+        lambda s: "includefield=SeriesDescription&includefield=BodyPartExamined",
+    ),
 ]
 
 INSTANCE_CASES: list[Case] = [
-    ("sop-class", "instances", lambda s: {"search_filters": {"SOPClassUID": s.sop_class}},
-     lambda s: f"SOPClassUID={s.sop_class}"),
-    ("sop-uid", "instances", lambda s: {"search_filters": {"SOPInstanceUID": s.sop_uid}},
-     lambda s: f"SOPInstanceUID={s.sop_uid}"),
+    (
+        "sop-class",
+        "instances",
+        lambda s: {"search_filters": {"SOPClassUID": s.sop_class}},
+        lambda s: f"SOPClassUID={s.sop_class}",
+    ),
+    (
+        "sop-uid",
+        "instances",
+        lambda s: {"search_filters": {"SOPInstanceUID": s.sop_uid}},
+        lambda s: f"SOPInstanceUID={s.sop_uid}",
+    ),
     ("instances-in-study", "studies/{study}/instances", lambda s: {}, lambda s: ""),
-    ("instances-in-series", "studies/{study}/series/{series}/instances", lambda s: {}, lambda s: ""),
-    ("instance-number", "studies/{study}/series/{series}/instances",
-     lambda s: {"search_filters": {"InstanceNumber": "1"}}, lambda s: "InstanceNumber=1"),
-    ("instances-limit-offset", "studies/{study}/instances", lambda s: {"limit": 2, "offset": 1},
-     lambda s: "limit=2&offset=1"),
+    (
+        "instances-in-series",
+        "studies/{study}/series/{series}/instances",
+        lambda s: {},
+        lambda s: "",
+    ),
+    (
+        "instance-number",
+        "studies/{study}/series/{series}/instances",
+        lambda s: {"search_filters": {"InstanceNumber": "1"}},
+        lambda s: "InstanceNumber=1",
+    ),
+    (
+        "instances-limit-offset",
+        "studies/{study}/instances",
+        lambda s: {"limit": 2, "offset": 1},
+        lambda s: "limit=2&offset=1",
+    ),
 ]
 
 
@@ -210,7 +339,9 @@ def test_search_equals_pacs(
         assert _sorted(got) == _sorted(expected)
 
 
-def test_retrieve_urls_point_at_the_gateway(client: DICOMwebClient, gateway: Gateway, pacs: Pacs) -> None:
+def test_retrieve_urls_point_at_the_gateway(
+    client: DICOMwebClient, gateway: Gateway, pacs: Pacs
+) -> None:
     studies = client.search_for_studies()
     assert studies
     for study in studies:
@@ -258,7 +389,11 @@ def test_value_with_space_matches_exactly(client: DICOMwebClient, pacs: Pacs) ->
     assert described, "sample data must hold a study description with a space"
     description = described[0]["00081030"]["Value"][0]
     found = client.search_for_studies(search_filters={"StudyDescription": description})
-    want = {s[STUDY_UID]["Value"][0] for s in studies if s.get("00081030", {}).get("Value") == [description]}
+    want = {
+        s[STUDY_UID]["Value"][0]
+        for s in studies
+        if s.get("00081030", {}).get("Value") == [description]
+    }
     assert set(uids(found, STUDY_UID)) == want
     # A near miss (one character changed where the space was) must not match.
     near = description.replace(" ", "_", 1)

@@ -41,7 +41,9 @@ def _reset_peak(pid: int) -> None:
 
 def _part_digests(response: requests.Response, *, pause_every: int = 0) -> tuple[list[str], int]:
     """Stream a multipart body through our reader; digests of each part and total bytes."""
-    reader = multipart.MultipartReader(multipart.boundary_from_content_type(response.headers["Content-Type"]))
+    reader = multipart.MultipartReader(
+        multipart.boundary_from_content_type(response.headers["Content-Type"])
+    )
     digests: list[str] = []
     current = hashlib.sha256()
     total = 0
@@ -62,32 +64,48 @@ def _part_digests(response: requests.Response, *, pause_every: int = 0) -> tuple
 def test_large_study_streams_with_flat_memory(
     gateway: Gateway, pacs: Pacs, large_study: str, record_property: object
 ) -> None:
-    with requests.get(f"{pacs.dicomweb_root}/studies/{large_study}",
-                      headers={"Accept": AS_STORED}, stream=True, timeout=300) as direct:
+    with requests.get(
+        f"{pacs.dicomweb_root}/studies/{large_study}",
+        headers={"Accept": AS_STORED},
+        stream=True,
+        timeout=300,
+    ) as direct:
         want, direct_bytes = _part_digests(direct)
     assert direct_bytes >= 200 * MB, f"study is only {direct_bytes / MB:.0f} MB"
 
     before_kb = _status_kb(gateway.pid, "VmRSS")
     _reset_peak(gateway.pid)
     started = time.monotonic()
-    with requests.get(f"{gateway.dicomweb}/studies/{large_study}",
-                      headers={"Accept": AS_STORED}, stream=True, timeout=300) as response:
+    with requests.get(
+        f"{gateway.dicomweb}/studies/{large_study}",
+        headers={"Accept": AS_STORED},
+        stream=True,
+        timeout=300,
+    ) as response:
         assert response.status_code == 200
         got, total = _part_digests(response)
     seconds = time.monotonic() - started
     growth_mb = (_status_kb(gateway.pid, "VmHWM") - before_kb) / 1024
-    print(f"\nlarge study: {total / MB:.0f} MB, {len(got)} instances in {seconds:.1f} s "
-          f"({total / MB / seconds:.0f} MB/s); gateway peak RSS growth {growth_mb:.1f} MB")
+    print(
+        f"\nlarge study: {total / MB:.0f} MB, {len(got)} instances in {seconds:.1f} s "
+        f"({total / MB / seconds:.0f} MB/s); gateway peak RSS growth {growth_mb:.1f} MB"
+    )
     assert got == want  # every instance, byte for byte, in the PACS's order
-    assert growth_mb < 40, f"gateway memory grew by {growth_mb:.0f} MB for a {total / MB:.0f} MB study"
+    assert growth_mb < 40, (
+        f"gateway memory grew by {growth_mb:.0f} MB for a {total / MB:.0f} MB study"
+    )
 
 
 def test_slow_client_does_not_fill_gateway_memory(gateway: Gateway, large_study: str) -> None:
     """Back-pressure: a client that reads slowly holds the PACS back, not gateway RAM."""
     before_kb = _status_kb(gateway.pid, "VmRSS")
     _reset_peak(gateway.pid)
-    with requests.get(f"{gateway.dicomweb}/studies/{large_study}",
-                      headers={"Accept": AS_STORED}, stream=True, timeout=300) as response:
+    with requests.get(
+        f"{gateway.dicomweb}/studies/{large_study}",
+        headers={"Accept": AS_STORED},
+        stream=True,
+        timeout=300,
+    ) as response:
         read = 0
         for chunk in response.iter_content(chunk_size=256 * 1024):
             read += len(chunk)
@@ -98,14 +116,20 @@ def test_slow_client_does_not_fill_gateway_memory(gateway: Gateway, large_study:
     assert growth_mb < 40, f"gateway buffered {growth_mb:.0f} MB for a slow client"
 
 
-def test_client_hang_up_mid_stream_releases_everything(gateway: Gateway, pacs: Pacs, large_study: str) -> None:
+def test_client_hang_up_mid_stream_releases_everything(
+    gateway: Gateway, pacs: Pacs, large_study: str
+) -> None:
     process = psutil.Process(gateway.pid)
     assert requests.get(f"{gateway.url}/health/live", timeout=10).status_code == 200
     fds_before = process.num_fds()
     threads_before = process.num_threads()
     for _ in range(3):
-        with requests.get(f"{gateway.dicomweb}/studies/{large_study}",
-                          headers={"Accept": AS_STORED}, stream=True, timeout=300) as response:
+        with requests.get(
+            f"{gateway.dicomweb}/studies/{large_study}",
+            headers={"Accept": AS_STORED},
+            stream=True,
+            timeout=300,
+        ) as response:
             next(response.iter_content(chunk_size=4 * MB))
         # leaving the block closes our socket in the middle of the study
     deadline = time.monotonic() + 10

@@ -40,8 +40,11 @@ def client(gateway: Gateway) -> DICOMwebClient:
 def small_studies(pacs: Pacs) -> list[str]:
     """Every study but the large CT: the synthetic core set and pydicom's test files."""
     studies = pacs_json(pacs, "studies", "includefield=00100020")
-    found = [s["0020000D"]["Value"][0] for s in studies
-             if s.get("00100020", {}).get("Value") != ["LARGE-CT-1"]]
+    found = [
+        s["0020000D"]["Value"][0]
+        for s in studies
+        if s.get("00100020", {}).get("Value") != ["LARGE-CT-1"]
+    ]
     assert len(found) >= 10
     return found
 
@@ -62,11 +65,14 @@ def test_study_retrieve_is_byte_identical(
     gateway: Gateway, pacs: Pacs, small_studies: list[str], accept: str | None
 ) -> None:
     # Without transfer-syntax the gateway asks for Explicit VR Little Endian (SPEC decision).
-    direct_accept = accept or f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_LE}'
+    direct_accept = (
+        accept or f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_LE}'
+    )
     compared = 0
     for study in small_studies:
-        direct = requests.get(f"{pacs.dicomweb_root}/studies/{study}",
-                              headers={"Accept": direct_accept}, timeout=120)
+        direct = requests.get(
+            f"{pacs.dicomweb_root}/studies/{study}", headers={"Accept": direct_accept}, timeout=120
+        )
         if direct.status_code != 200:  # Orthanc cannot transcode some odd test files
             continue
         want = split_multipart(direct.headers["Content-Type"], direct.content)
@@ -74,7 +80,9 @@ def test_study_retrieve_is_byte_identical(
         assert [p for _, p in got] == [p for _, p in want], study
         for headers, _ in got:
             if accept is None:
-                assert headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
+                assert (
+                    headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
+                )
             else:
                 assert headers["content-type"].startswith("application/dicom")
         compared += len(got)
@@ -85,16 +93,23 @@ def test_series_and_instance_retrieve_are_byte_identical(
     gateway: Gateway, pacs: Pacs, a_series: tuple[str, str, str]
 ) -> None:
     study, series, sop = a_series
-    for path in (f"studies/{study}/series/{series}",
-                 f"studies/{study}/series/{series}/instances/{sop}"):
+    for path in (
+        f"studies/{study}/series/{series}",
+        f"studies/{study}/series/{series}/instances/{sop}",
+    ):
         direct = _parts(f"{pacs.dicomweb_root}/{path}", AS_STORED)
         got = _parts(f"{gateway.dicomweb}/{path}", AS_STORED)
         assert [p for _, p in got] == [p for _, p in direct]
         assert got, path
-    assert len(_parts(f"{gateway.dicomweb}/studies/{study}/series/{series}/instances/{sop}", None)) == 1
+    assert (
+        len(_parts(f"{gateway.dicomweb}/studies/{study}/series/{series}/instances/{sop}", None))
+        == 1
+    )
 
 
-def test_response_content_type_is_multipart_dicom(gateway: Gateway, a_series: tuple[str, str, str]) -> None:
+def test_response_content_type_is_multipart_dicom(
+    gateway: Gateway, a_series: tuple[str, str, str]
+) -> None:
     study, _, _ = a_series
     response = _get(f"{gateway.dicomweb}/studies/{study}", None)
     content_type = response.headers["Content-Type"]
@@ -123,9 +138,14 @@ def test_metadata_at_three_levels_equals_pacs(
     study, series, sop = a_series
     cases: list[tuple[Any, str]] = [
         (client.retrieve_study_metadata(study), f"studies/{study}/metadata"),
-        (client.retrieve_series_metadata(study, series), f"studies/{study}/series/{series}/metadata"),
-        (client.retrieve_instance_metadata(study, series, sop),
-         f"studies/{study}/series/{series}/instances/{sop}/metadata"),
+        (
+            client.retrieve_series_metadata(study, series),
+            f"studies/{study}/series/{series}/metadata",
+        ),
+        (
+            client.retrieve_instance_metadata(study, series, sop),
+            f"studies/{study}/series/{series}/instances/{sop}/metadata",
+        ),
     ]
     for got, path in cases:
         expected = as_seen_through(gateway.dicomweb, pacs, pacs_json(pacs, path))

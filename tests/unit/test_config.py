@@ -58,7 +58,9 @@ def test_bad_values_name_the_key(raw: dict[str, Any], names: str) -> None:
 
 
 def test_example_config_is_valid() -> None:
-    settings = load_settings(ROOT / "examples" / "gateway.toml", {"NCPEH_SITE_CENTRAL_PASSWORD": "x"})
+    settings = load_settings(
+        ROOT / "examples" / "gateway.toml", {"NCPEH_SITE_CENTRAL_PASSWORD": "x"}
+    )
     assert settings.sites[0].id == "central"
 
 

@@ -20,8 +20,14 @@ def test_rewrite_walks_retrieve_url_bulk_data_and_sequences() -> None:
     datasets: list[dict[str, Any]] = [
         {
             "00081190": {"vr": "UR", "Value": [f"{PACS}/studies/1"]},
-            "7FE00010": {"vr": "OW", "BulkDataURI": f"{PACS}/studies/1/series/2/instances/3/bulk/7fe00010"},
-            "00400275": {"vr": "SQ", "Value": [{"00420011": {"vr": "OB", "BulkDataURI": f"{PACS}/x"}}]},
+            "7FE00010": {
+                "vr": "OW",
+                "BulkDataURI": f"{PACS}/studies/1/series/2/instances/3/bulk/7fe00010",
+            },
+            "00400275": {
+                "vr": "SQ",
+                "Value": [{"00420011": {"vr": "OB", "BulkDataURI": f"{PACS}/x"}}],
+            },
             "00091010": {"vr": "OB", "BulkDataURI": "http://leak.internal/secret"},
             "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]},
         }
@@ -37,6 +43,8 @@ def test_rewrite_walks_retrieve_url_bulk_data_and_sequences() -> None:
 
 
 def test_retrieve_url_under_no_known_root_is_removed() -> None:
-    datasets: list[dict[str, Any]] = [{"00081190": {"vr": "UR", "Value": ["http://other/studies/1"]}}]
+    datasets: list[dict[str, Any]] = [
+        {"00081190": {"vr": "UR", "Value": ["http://other/studies/1"]}}
+    ]
     rewrite_urls(datasets, UrlRewriter([PACS], GATEWAY))
     assert datasets == [{"00081190": {"vr": "UR"}}]
