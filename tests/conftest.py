@@ -128,6 +128,9 @@ def gateway(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ga
     config.write_text(
         f"""
 default_site = "main"
+# dicomweb-client sends "Host: 127.0.0.1" without the port: name the public URL, as a
+# deployment behind a proxy would.
+public_url = "http://127.0.0.1:{port}"
 [server]
 host = "127.0.0.1"
 port = {port}

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yarl
 
 from ..config import DicomWebSite
 from ..dicomweb import multipart
@@ -214,9 +215,15 @@ class DicomWebBackend:
         self, url: str, accept: str, client_timeout: aiohttp.ClientTimeout
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         headers = {**self._headers, "Accept": accept}
+        # encoded=True: yarl would otherwise re-quote `^` as %5E, which Orthanc never decodes.
+        target = yarl.URL(url, encoded=True)
         try:
             async with self._session.get(
-                url, headers=headers, auth=self._auth, timeout=client_timeout, allow_redirects=False
+                target,
+                headers=headers,
+                auth=self._auth,
+                timeout=client_timeout,
+                allow_redirects=False,
             ) as resp:
                 if resp.status >= 300:
                     raise _map_status(resp.status, resp.headers.get("Retry-After"))

@@ -41,11 +41,15 @@ def _value(d: dict[str, Any], tag: str) -> Any:
 
 @pytest.fixture(scope="module")
 def sample(pacs: Pacs) -> Sample:
-    studies = pacs_json(pacs, "studies", "AccessionNumber=*&StudyDate=*")
-    # A study with several series, a patient name and a date: the synthetic MR studies.
+    studies = pacs_json(pacs, "studies")
     mr = pacs_json(pacs, "studies", "ModalitiesInStudy=MR")
-    assert mr, "the sample data must hold MR studies"
-    study = next(s for s in mr if "00080020" in s and "00100010" in s)
+    # A synthetic MR study of several series (the generator's manifest names them).
+    core = [
+        s["study_uid"]
+        for s in pacs.manifest["core"]["studies"]
+        if "MR" in s["modalities"] and len(s["series"]) >= 2
+    ]
+    study = next(s for s in mr if _value(s, STUDY_UID) in core)
     study_uid = _value(study, STUDY_UID)
     series = pacs_json(pacs, f"studies/{study_uid}/series")
     assert len(series) >= 2

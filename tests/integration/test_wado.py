@@ -31,6 +31,20 @@ def _parts(url: str, accept: str | None) -> list[tuple[dict[str, str], bytes]]:
     return split_multipart(response.headers["Content-Type"], response.content)
 
 
+def _complete(response: requests.Response) -> bool:
+    boundary = response.headers["Content-Type"].split("boundary=")[1].strip('"')
+    return response.content.rstrip().endswith(f"--{boundary}--".encode())
+
+
+def _assert_cut_short(url: str, accept: str | None) -> None:
+    headers = {"Accept": accept} if accept else {}
+    try:
+        response = requests.get(url, headers=headers, timeout=120)
+    except requests.exceptions.ChunkedEncodingError:
+        return  # the connection was aborted mid-body: what we want
+    assert response.status_code != 200 or not _complete(response), url
+
+
 @pytest.fixture(scope="module")
 def client(gateway: Gateway) -> DICOMwebClient:
     return DICOMwebClient(url=gateway.dicomweb)
@@ -50,14 +64,13 @@ def small_studies(pacs: Pacs) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def a_series(pacs: Pacs, small_studies: list[str]) -> tuple[str, str, str]:
-    for study in small_studies:
-        for series in pacs_json(pacs, f"studies/{study}/series"):
-            series_uid = series["0020000E"]["Value"][0]
-            instances = pacs_json(pacs, f"studies/{study}/series/{series_uid}/instances")
-            if len(instances) >= 3:
-                return study, series_uid, instances[1]["00080018"]["Value"][0]
-    raise AssertionError("no series with three instances in the sample data")
+def a_series(pacs: Pacs) -> tuple[str, str, str]:
+    """(study, series, instance) of a synthetic CT series of several images."""
+    for study in pacs.manifest["core"]["studies"]:
+        for series in study["series"]:
+            if series["modality"] == "CT" and len(series["instances"]) >= 3:
+                return study["study_uid"], series["uid"], series["instances"][1]
+    raise AssertionError("no CT series with three instances in the core sample set")
 
 
 @pytest.mark.parametrize("accept", [AS_STORED, None], ids=["as-stored", "default-explicit-le"])
@@ -73,7 +86,11 @@ def test_study_retrieve_is_byte_identical(
         direct = requests.get(
             f"{pacs.dicomweb_root}/studies/{study}", headers={"Accept": direct_accept}, timeout=120
         )
-        if direct.status_code != 200:  # Orthanc cannot transcode some odd test files
+        if direct.status_code != 200:
+            continue
+        if not _complete(direct):
+            # Orthanc fails some transcodings mid-stream; the gateway must not make that look whole.
+            _assert_cut_short(f"{gateway.dicomweb}/studies/{study}", accept)
             continue
         want = split_multipart(direct.headers["Content-Type"], direct.content)
         got = _parts(f"{gateway.dicomweb}/studies/{study}", accept)

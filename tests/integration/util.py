@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 from typing import Any
-
-import requests
+from urllib.parse import urlsplit
 
 from tests.conftest import Gateway, Pacs
 
 
 def pacs_json(pacs: Pacs, path: str, raw_query: str = "") -> Any:
     """GET from Orthanc with the query string sent exactly as given (it does not decode it)."""
-    url = f"{pacs.dicomweb_root}/{path}" + (f"?{raw_query}" if raw_query else "")
-    session = requests.Session()
-    request = requests.Request("GET", url, headers={"Accept": "application/dicom+json"})
-    prepared = session.prepare_request(request)
-    prepared.url = url  # requests would re-quote it
-    response = session.send(prepared, timeout=60)
-    assert response.status_code == 200, (url, response.status_code, response.text[:300])
-    return response.json()
+    url = urlsplit(f"{pacs.dicomweb_root}/{path}")
+    target = url.path + (f"?{raw_query}" if raw_query else "")
+    # http.client sends the target as given; requests/urllib3 would re-quote `^` to %5E.
+    connection = http.client.HTTPConnection(url.netloc, timeout=60)
+    try:
+        connection.request("GET", target, headers={"Accept": "application/dicom+json"})
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    assert response.status == 200, (target, response.status, body[:300])
+    return json.loads(body)
 
 
 def as_seen_through(gateway_root: str, pacs: Pacs, body: Any) -> Any:
