@@ -9,7 +9,7 @@ PORT ?= 8080
 # sample data loaded by `make run` (core: a few patients CT/MR/CR; large: a 263 MB CT; testdata: pydicom's files)
 LOAD ?= core testdata
 
-.PHONY: help deps venv run test test-unit check lint format pacs-up pacs-down clean
+.PHONY: help deps venv run test test-unit check lint format pacs-up pacs-down clean bench
 
 help:
 	@echo "make run    gateway on http://127.0.0.1:$(PORT) in front of a local Orthanc with sample studies"
@@ -56,3 +56,7 @@ pacs-down:
 
 clean:
 	rm -rf $(VENV) $(STATE) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+# Benchmarks against the PACS reached directly, in one run (needs `make pacs-up LOAD="core large"`).
+bench: venv
+	$(PY) bench/gateway_bench.py --pacs-env $(STATE)/orthanc/env

@@ -17,16 +17,17 @@ from .query import MatchKey, MatchKind
 __all__ = ["key_matches", "loosen_for_upstream", "matches_all"]
 
 # Characters a query value cannot carry to a PACS that does not percent-decode its query
-# string (Orthanc 1.10): they are sent as the single-character wildcard `?` instead, and the
-# exact match is then done here.
-_UNSENDABLE = re.compile(r"[^\x21-\x7e]|[&#+%=;]")
+# string (Orthanc 1.10): each run of them is sent as `*` instead, and the exact match is then
+# done here. Not `?`: Orthanc's `?` does not match one non-ASCII character, `*` does.
+_UNSENDABLE = re.compile(r"(?:[^\x21-\x7e]|[&#+%=;])+")
 
 
 def loosen_for_upstream(key: MatchKey) -> MatchKey | None:
     """A wider key the PACS can receive unencoded, or None if ``key`` is fine as it is."""
     if key.kind not in (MatchKind.SINGLE, MatchKind.WILDCARD) or not _UNSENDABLE.search(key.value):
         return None
-    return replace(key, kind=MatchKind.WILDCARD, value=_UNSENDABLE.sub("?", key.value))
+    wide = re.sub(r"\*{2,}", "*", _UNSENDABLE.sub("*", key.value))
+    return replace(key, kind=MatchKind.WILDCARD, value=wide)
 
 
 def matches_all(dataset: dict[str, Any], keys: Iterable[MatchKey]) -> bool:

@@ -402,3 +402,24 @@ def test_value_with_space_matches_exactly(client: DICOMwebClient, pacs: Pacs) ->
     # A near miss (one character changed where the space was) must not match.
     near = description.replace(" ", "_", 1)
     assert client.search_for_studies(search_filters={"StudyDescription": near}) == []
+
+
+@pytest.mark.parametrize("name", ["Müller*", "Nowak^Łukasz", "dubois^élodie"])
+def test_non_ascii_names(client: DICOMwebClient, pacs: Pacs, name: str) -> None:
+    """Orthanc answers 400 or nothing for non-ASCII query values; the gateway still matches."""
+    expected = {
+        s["study_uid"]
+        for s in pacs.manifest["core"]["studies"]
+        if _pn_match(name, s["patient_name"])
+    }
+    assert expected
+    found = client.search_for_studies(search_filters={"PatientName": name})
+    assert set(uids(found, STUDY_UID)) == expected
+    for study in found:
+        assert _pn_match(name, study["00100010"]["Value"][0]["Alphabetic"])
+
+
+def _pn_match(pattern: str, name: str) -> bool:
+    if pattern.endswith("*"):
+        return name.casefold().startswith(pattern[:-1].casefold())
+    return name.casefold() == pattern.casefold()
