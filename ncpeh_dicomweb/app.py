@@ -8,7 +8,8 @@ from aiohttp import web
 
 from .backends.base import Backend
 from .backends.dicomweb import DicomWebBackend
-from .config import Settings
+from .backends.dimse.backend import DimseBackend
+from .config import DicomWebSite, Settings, Site
 from .web import health, qido, wado
 from .web.keys import BACKENDS, SETTINGS
 from .web.middleware import error_middleware
@@ -33,11 +34,17 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _backends(app: web.Application) -> AsyncIterator[None]:
     backends: dict[str, Backend] = app[BACKENDS]
-    for site in app[SETTINGS].sites:
-        backends[site.id] = DicomWebBackend.create(site)
     try:
+        for site in app[SETTINGS].sites:
+            backends[site.id] = _backend(site)
         yield
     finally:
         for backend in backends.values():
             await backend.close()
         backends.clear()
+
+
+def _backend(site: Site) -> Backend:
+    if isinstance(site, DicomWebSite):
+        return DicomWebBackend.create(site)
+    return DimseBackend.create(site)

@@ -13,7 +13,14 @@ from typing import Any
 from aiohttp import web
 
 from .app import create_app
-from .config import ConfigError, Settings, check_http_url, load_settings, settings_from_mapping
+from .config import (
+    ConfigError,
+    Settings,
+    check_http_url,
+    load_settings,
+    parse_dimse_address,
+    settings_from_mapping,
+)
 from .web.middleware import AccessLogger
 
 __all__ = ["main"]
@@ -26,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--config", help="TOML settings file (default: $NCPEH_CONFIG)")
         p.add_argument("--pacs-dicomweb", metavar="URL", help="one site: this PACS's DICOMweb root")
+        p.add_argument("--pacs-dimse", metavar="AET@HOST:PORT", help="one site: this DIMSE PACS")
+        p.add_argument("--ae-title", help="our AE title toward a DIMSE PACS (default NCPEH-GW)")
+        p.add_argument("--retrieve", choices=("c-get", "c-move"), help="DIMSE retrieve method")
+        p.add_argument("--store-port", type=int, help="port of our C-MOVE storage SCP")
+        p.add_argument("--cache-dir", help="instance cache of a DIMSE site (default: temporary)")
         p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="port to listen on (default 8080)")
         p.add_argument("--public-url", help="the gateway's public base URL")
@@ -35,17 +47,31 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     config = args.config or os.environ.get("NCPEH_CONFIG")
-    if config and args.pacs_dicomweb:
-        raise ConfigError("give either --config or --pacs-dicomweb, not both")
+    given = [x for x in (config, args.pacs_dicomweb, args.pacs_dimse) if x]
+    if len(given) > 1:
+        raise ConfigError("give only one of --config, --pacs-dicomweb, --pacs-dimse")
     if config:
         settings = load_settings(config)
     elif args.pacs_dicomweb:
-        raw: dict[str, Any] = {
-            "sites": [{"id": "default", "kind": "dicomweb", "url": args.pacs_dicomweb}]
-        }
-        settings = settings_from_mapping(raw, os.environ)
+        site: dict[str, Any] = {"id": "default", "kind": "dicomweb", "url": args.pacs_dicomweb}
+        settings = settings_from_mapping({"sites": [site]}, os.environ)
+    elif args.pacs_dimse:
+        aet, host, port = parse_dimse_address(args.pacs_dimse)
+        site = {"id": "default", "kind": "dimse", "host": host, "port": port, "called_aet": aet}
+        for flag, key in (
+            ("ae_title", "calling_aet"),
+            ("retrieve", "retrieve"),
+            ("store_port", "store_port"),
+            ("cache_dir", "cache_dir"),
+        ):
+            if getattr(args, flag) is not None:
+                site[key] = getattr(args, flag)
+        settings = settings_from_mapping({"sites": [site]}, os.environ)
     else:
-        raise ConfigError("no settings: give --config FILE, NCPEH_CONFIG, or --pacs-dicomweb URL")
+        raise ConfigError(
+            "no settings: give --config FILE (or NCPEH_CONFIG), --pacs-dicomweb "
+            "URL or --pacs-dimse AET@HOST:PORT"
+        )
     # Flags override the file.
     overrides: dict[str, Any] = {}
     if args.host:
@@ -66,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # pynetdicom logs every DIMSE message at INFO (and identifiers, i.e. patient data, at DEBUG).
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         settings = _settings(args)
     except ConfigError as exc:

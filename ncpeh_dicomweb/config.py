@@ -42,10 +42,12 @@ from urllib.parse import urlsplit
 __all__ = [
     "ConfigError",
     "DicomWebSite",
+    "DimseSite",
     "Limits",
     "Settings",
     "check_http_url",
     "load_settings",
+    "parse_dimse_address",
     "settings_from_mapping",
 ]
 
@@ -76,7 +78,29 @@ class DicomWebSite:
     kind: Literal["dicomweb"] = "dicomweb"
 
 
-Site = DicomWebSite
+@dataclass(frozen=True, slots=True)
+class DimseSite:
+    """A site whose PACS speaks only DIMSE: C-FIND for search, C-GET or C-MOVE to retrieve."""
+
+    id: str
+    host: str
+    port: int
+    called_aet: str  # the PACS's AE title
+    calling_aet: str = "NCPEH-GW"  # ours; also the C-MOVE destination the PACS must know
+    retrieve: Literal["c-get", "c-move"] = "c-get"
+    store_host: str = "127.0.0.1"  # where our C-MOVE storage SCP listens
+    store_port: int = 11113
+    max_associations: int = 4
+    connect_timeout: float = 5.0
+    dimse_timeout: float = 30.0  # longest wait for any one DIMSE response
+    search_timeout: float = 30.0  # a whole C-FIND
+    operation_timeout: float = 3600.0  # a whole C-GET / C-MOVE
+    cache_dir: str | None = None  # None: a private temporary directory, removed at exit
+    cache_max_bytes: int = 2 << 30
+    kind: Literal["dimse"] = "dimse"
+
+
+Site = DicomWebSite | DimseSite
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,13 +189,15 @@ def _site(raw: object, index: int, env: Mapping[str, str]) -> Site:
     where = f"sites[{index}]."
     if not isinstance(raw, dict):
         raise ConfigError(f"sites[{index}]: must be a table")
-    _no_unknown(raw, _SITE_KEYS, where)
     site_id = _opt_str(raw, "id", where)
     if site_id is None or not _SITE_ID.fullmatch(site_id):
         raise ConfigError(f"{where}id: required, letters, digits, '-' or '_' (at most 64)")
     kind = raw.get("kind", "dicomweb")
+    if kind == "dimse":
+        return _dimse_site(raw, site_id, where)
     if kind != "dicomweb":
-        raise ConfigError(f"{where}kind: {kind!r} is not supported (supported: 'dicomweb')")
+        raise ConfigError(f"{where}kind: {kind!r} is not supported (use 'dicomweb' or 'dimse')")
+    _no_unknown(raw, _SITE_KEYS, where)
     url = _opt_str(raw, "url", where)
     if url is None:
         raise ConfigError(f"{where}url: required (the PACS's DICOMweb root)")
@@ -204,6 +230,69 @@ def _site(raw: object, index: int, env: Mapping[str, str]) -> Site:
         token=token,
         url_aliases=tuple(check_http_url(a, where + "url_aliases") for a in aliases),
     )
+
+
+_DIMSE_KEYS = {
+    "id",
+    "kind",
+    "host",
+    "port",
+    "called_aet",
+    "calling_aet",
+    "retrieve",
+    "store_host",
+    "store_port",
+    "max_associations",
+    "connect_timeout",
+    "dimse_timeout",
+    "search_timeout",
+    "operation_timeout",
+    "cache_dir",
+    "cache_max_bytes",
+}
+_AET = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 AE VR: no backslash, no control chars
+
+
+def _dimse_site(raw: Mapping[str, Any], site_id: str, where: str) -> DimseSite:
+    _no_unknown(raw, _DIMSE_KEYS, where)
+    host = _opt_str(raw, "host", where)
+    if host is None:
+        raise ConfigError(f"{where}host: required (the PACS's DICOM host)")
+    aets = {}
+    for key, default in (("called_aet", None), ("calling_aet", "NCPEH-GW")):
+        value = _opt_str(raw, key, where) or default
+        if value is None or not _AET.fullmatch(value) or not value.strip():
+            raise ConfigError(f"{where}{key}: required, 1-16 characters, no backslash")
+        aets[key] = value.strip()
+    retrieve = raw.get("retrieve", "c-get")
+    if retrieve not in ("c-get", "c-move"):
+        raise ConfigError(f"{where}retrieve: must be 'c-get' or 'c-move', not {retrieve!r}")
+    return DimseSite(
+        id=site_id,
+        host=host,
+        port=_int(raw, "port", where, 104, 1, 65535),
+        called_aet=aets["called_aet"],
+        calling_aet=aets["calling_aet"],
+        retrieve=retrieve,
+        store_host=_opt_str(raw, "store_host", where) or "127.0.0.1",
+        store_port=_int(raw, "store_port", where, 11113, 0, 65535),
+        max_associations=_int(raw, "max_associations", where, 4, 1, 64),
+        connect_timeout=_float(raw, "connect_timeout", where, 5.0),
+        dimse_timeout=_float(raw, "dimse_timeout", where, 30.0),
+        search_timeout=_float(raw, "search_timeout", where, 30.0),
+        operation_timeout=_float(raw, "operation_timeout", where, 3600.0),
+        cache_dir=_opt_str(raw, "cache_dir", where),
+        cache_max_bytes=_int(raw, "cache_max_bytes", where, 2 << 30, 1 << 20, 1 << 50),
+    )
+
+
+def parse_dimse_address(value: str) -> tuple[str, str, int]:
+    """``AET@HOST:PORT`` → (aet, host, port), as ``--pacs-dimse`` takes it."""
+    aet, at, hostport = value.rpartition("@")
+    host, colon, port = hostport.rpartition(":")
+    if not at or not colon or not aet or not host or not port.isdigit():
+        raise ConfigError(f"--pacs-dimse: {value!r} is not AET@HOST:PORT")
+    return aet, host, int(port)
 
 
 # ---------------------------------------------------------------- value checks

@@ -42,7 +42,14 @@ __all__ = [
     "Unauthorized",
     "UpstreamRejected",
     "UriTooLong",
+    "warning_value",
 ]
+
+
+def warning_value(text: str) -> str:
+    """A ``Warning: 299`` header value (RFC 7234 5.5, as PS3.18 8.3.3.1 uses it)."""
+    quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'299 ncpeh-dicomweb "{quoted}"'
 
 
 class GatewayError(Exception):

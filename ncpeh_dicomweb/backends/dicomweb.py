@@ -19,10 +19,10 @@ import yarl
 from ..config import DicomWebSite
 from ..dicomweb import multipart
 from ..dicomweb.attributes import Level
-from ..dicomweb.dicomjson import UrlRewriter, first_value, rewrite_urls
+from ..dicomweb.dicomjson import UrlRewriter, rewrite_urls
 from ..dicomweb.matching import loosen_for_upstream, matches_all
 from ..dicomweb.media import InstanceMedia
-from ..dicomweb.query import MatchKey, MatchKind, QidoQuery, encode_query, to_params
+from ..dicomweb.query import MatchKey, QidoQuery, encode_query, to_params
 from ..errors import (
     BackendBusy,
     BackendError,
@@ -33,17 +33,12 @@ from ..errors import (
     UpstreamRejected,
 )
 from .base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
+from .relational import MAX_PARENTS, child_query, lower_keys, parent_uids, restrict_to
 
 __all__ = ["DicomWebBackend"]
 
 log = logging.getLogger(__name__)
 
-_UID_TAG = {Level.STUDY: "0020000D", Level.SERIES: "0020000E", Level.INSTANCE: "00080018"}
-_UID_PATH = {Level.STUDY: (0x0020000D,), Level.SERIES: (0x0020000E,), Level.INSTANCE: (0x00080018,)}
-_DEPTH = {Level.STUDY: 0, Level.SERIES: 1, Level.INSTANCE: 2}
-# A relational query (a series key on /studies) first finds the parents of the matching
-# children; past this many parents the answer is cut short with a Warning.
-_RELATIONAL_MAX_PARENTS = 500
 _READ_SIZE = 256 * 1024
 # Part headers of the upstream that are passed on to the client (after URL rewriting).
 _PART_HEADERS = ("content-type", "content-length", "content-location", "content-description")
@@ -87,12 +82,12 @@ class DicomWebBackend:
         warnings: list[str] = list(query.warnings)
         if query.limit == 0:  # many servers read limit=0 as "no limit"; PS3.18 means none
             return SearchResult([], tuple(warnings))
-        lower = tuple(k for k in query.keys if _is_below(k, query.level))
+        lower = lower_keys(query)
         if lower:
             parents = await self._relational_parents(query, lower, scope, warnings)
             if not parents:
                 return SearchResult([], tuple(warnings))
-            query = _restrict_to(query, lower, parents)
+            query = restrict_to(query, lower, parents)
 
         # Keys the PACS cannot receive as they are go up loosened and are matched here.
         loosened = {k: w for k in query.keys if (w := loosen_for_upstream(k)) is not None}
@@ -115,35 +110,14 @@ class DicomWebBackend:
     async def _relational_parents(
         self, query: QidoQuery, lower: tuple[MatchKey, ...], scope: Scope, warnings: list[str]
     ) -> list[str]:
-        """UIDs at ``query.level`` whose children match the lower-level keys (PS3.4 C.4.1.3.2)."""
-        child_level = max((k.level for k in lower if k.level), key=_DEPTH.__getitem__)
-        sub = replace(
-            query,
-            level=child_level,
-            keys=lower,
-            includefields=(),
-            include_all=False,
-            fuzzymatching=False,
-            limit=None,
-            offset=0,
-            warnings=(),
-        )
-        children = await self._qido(sub, scope)
-        tag = _UID_TAG[query.level]
-        parents = list(dict.fromkeys(u for c in children if (u := first_value(c, tag))))
-        if len(parents) > _RELATIONAL_MAX_PARENTS:
-            warnings.append(
-                f"relational query matched more than {_RELATIONAL_MAX_PARENTS} "
-                f"{query.level.value} entries; only the first are returned"
-            )
-            parents = parents[:_RELATIONAL_MAX_PARENTS]
-        return [str(p) for p in parents]
+        children = await self._qido(child_query(query, lower), scope)
+        return parent_uids(children, query.level, warnings)
 
     async def _qido(self, query: QidoQuery, scope: Scope) -> list[DicomJson]:
         path = _qido_path(query.level, scope)
         params = to_params(query)
         if query.limit is None:
-            params.append(("limit", str(_RELATIONAL_MAX_PARENTS * 20)))
+            params.append(("limit", str(MAX_PARENTS * 20)))
         url = f"{self._root}/{path}"
         if params:
             url += "?" + encode_query(params)
@@ -262,27 +236,6 @@ def _qido_path(level: Level, scope: Scope) -> str:
         prefix
         + {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}[level]
     )
-
-
-def _is_below(key: MatchKey, level: Level) -> bool:
-    return key.level is not None and _DEPTH[key.level] > _DEPTH[level]
-
-
-def _restrict_to(query: QidoQuery, lower: tuple[MatchKey, ...], uids: list[str]) -> QidoQuery:
-    """``query`` without its lower-level keys, limited to the given UIDs of its own level."""
-    uid_path = _UID_PATH[query.level]
-    existing = next((k for k in query.keys if k.path == uid_path), None)
-    if existing is not None and existing.kind is not MatchKind.UNIVERSAL:
-        allowed = set(existing.value.split("\\"))
-        uids = [u for u in uids if u in allowed]
-    keys = tuple(k for k in query.keys if k not in lower and k.path != uid_path)
-    uid_key = MatchKey(
-        path=uid_path,
-        vr="UI",
-        kind=MatchKind.UID_LIST if len(uids) > 1 else MatchKind.SINGLE,
-        value="\\".join(uids),
-    )
-    return replace(query, keys=(*keys, uid_key))
 
 
 # Upstream HTTP status → our error. The PACS's 4xx about the request keep their meaning;

@@ -8,15 +8,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..errors import warning_value
+
 __all__ = ["json_response", "warning_value"]
-
-_AGENT = "ncpeh-dicomweb"
-
-
-def warning_value(text: str) -> str:
-    """A ``Warning: 299`` header value (RFC 7234 5.5, as PS3.18 8.3.3.1 uses it)."""
-    quoted = text.replace("\\", "\\\\").replace('"', '\\"')
-    return f'299 {_AGENT} "{quoted}"'
 
 
 def json_response(

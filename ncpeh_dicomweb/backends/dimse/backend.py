@@ -1,0 +1,442 @@
+"""A PACS that speaks only DIMSE: QIDO over C-FIND, WADO over C-GET or C-MOVE.
+
+Retrieved instances go through the site's on-disk cache: a study asked for by several requests
+(metadata, then instances) leaves the PACS once, and concurrent requests share one retrieval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from ...config import DimseSite
+from ...dicomweb.attributes import Level
+from ...dicomweb.matching import matches_all
+from ...dicomweb.media import InstanceMedia
+from ...dicomweb.query import QidoQuery
+from ...errors import BackendError, BackendTimeout, GatewayError, NotAcceptable, NotFound
+from ..base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
+from ..cache import CachedInstance, InstanceCache
+from ..relational import UID_TAG, child_query, lower_keys, parent_uids, restrict_to
+from .flight import Flight
+from .identifiers import answer_to_json, find_identifier
+from .operations import RetrieveOutcome, run_find, run_get, run_move
+from .pool import AssociationPool
+from .status import CANCEL, SUCCESS, WARNING_SUBOPS, error_for_status
+from .storescp import StorageSCP
+
+__all__ = ["DimseBackend", "DimseCounters"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_METADATA_ENTRIES = 20_000  # DICOM JSON of this many instances is kept in memory
+_BULK_THRESHOLD = 1024  # values longer than this become BulkDataURIs (PS3.18 F.2.6)
+_UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+
+
+@dataclass
+class DimseCounters:
+    """What the site asked of the PACS; tests and metrics read them."""
+
+    finds: int = 0
+    retrieves: int = 0  # C-GET or C-MOVE operations started
+    instances_received: int = 0
+    cache_answers: int = 0  # retrieves answered from the cache alone
+    shared: int = 0  # requests that joined a retrieval already under way
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class DimseBackend:
+    """:class:`~ncpeh_dicomweb.backends.base.Backend` over C-FIND / C-GET / C-MOVE."""
+
+    def __init__(self, site: DimseSite) -> None:
+        self._site = site
+        self._pool = AssociationPool(site)
+        self._own_cache_dir: str | None = None
+        if site.cache_dir is None:
+            self._own_cache_dir = tempfile.mkdtemp(prefix=f"ncpeh-cache-{site.id}-")
+        self._cache = InstanceCache(
+            Path(site.cache_dir or self._own_cache_dir or ""), site.cache_max_bytes
+        )
+        self._scp: StorageSCP | None = None
+        if site.retrieve == "c-move":
+            self._scp = StorageSCP(site)
+            self._scp.start()
+        self._flights: dict[tuple[str, ...], Flight] = {}
+        self._message_ids = itertools.cycle(range(1, 65536))
+        self._id_lock = threading.Lock()
+        self._metadata: OrderedDict[str, DicomJson] = OrderedDict()
+        self.counters = DimseCounters()
+
+    @classmethod
+    def create(cls, site: DimseSite) -> DimseBackend:
+        return cls(site)
+
+    @property
+    def cache(self) -> InstanceCache:
+        return self._cache
+
+    def _message_id(self) -> int:
+        with self._id_lock:
+            return next(self._message_ids)
+
+    # ------------------------------------------------------------------ search
+
+    async def search(self, query: QidoQuery, scope: Scope, base_url: str) -> SearchResult:
+        warnings = list(query.warnings)
+        if query.limit == 0:
+            return SearchResult([], tuple(warnings))
+        lower = lower_keys(query)
+        if lower:
+            children = await self._find(child_query(query, lower), scope)
+            parents = parent_uids(children, query.level, warnings)
+            if not parents:
+                return SearchResult([], tuple(warnings))
+            query = restrict_to(query, lower, parents)
+        datasets = await self._find(query, scope)
+        for dataset in datasets:
+            _add_retrieve_url(dataset, query.level, base_url)
+        return SearchResult(datasets, tuple(warnings))
+
+    async def _find(self, query: QidoQuery, scope: Scope) -> list[DicomJson]:
+        plan = find_identifier(query, scope)
+        wanted = None
+        if not plan.gateway_keys and query.limit is not None:
+            wanted = query.offset + query.limit
+        self.counters.finds += 1
+        answers = await self._with_timeout(
+            self._site.search_timeout, "C-FIND", self._find_answers(plan.identifier, wanted)
+        )
+        datasets = [answer_to_json(a, query) for a in answers]
+        if plan.gateway_keys:
+            datasets = [d for d in datasets if matches_all(d, plan.gateway_keys)]
+        end = None if query.limit is None else query.offset + query.limit
+        return datasets[query.offset : end]
+
+    async def _find_answers(self, identifier: Dataset, wanted: int | None) -> list[Dataset]:
+        async with self._pool.lease() as assoc:
+            return await self._pool.run(
+                run_find, assoc, identifier, self._message_id(), wanted, self._site.dimse_timeout
+            )
+
+    async def _with_timeout(self, seconds: float, what: str, work: Any) -> Any:
+        try:
+            return await asyncio.wait_for(work, seconds)
+        except TimeoutError:
+            raise BackendTimeout(f"the PACS did not finish the {what} in time") from None
+
+    # ------------------------------------------------------------------ retrieve
+
+    async def retrieve(
+        self, target: Target, media: InstanceMedia, base_url: str
+    ) -> AsyncGenerator[RetrieveEvent, None]:
+        async for item in self._instances(target):
+            body, syntax = await asyncio.to_thread(_prepared, item.path, media.transfer_syntax)
+            location = f"{base_url}/studies/{item.study}/series/{item.series}/instances/{item.sop}"
+            headers = {
+                "content-type": f"application/dicom; transfer-syntax={syntax}",
+                "content-location": location,
+            }
+            if body is not None:
+                headers["content-length"] = str(len(body))
+                yield PartHead(headers)
+                yield body
+                continue
+            headers["content-length"] = str(item.size)
+            yield PartHead(headers)
+            async for chunk in _file_chunks(item.path):
+                yield chunk
+
+    async def metadata(self, target: Target, base_url: str) -> list[DicomJson]:
+        out: list[DicomJson] = []
+        async for item in self._instances(target):
+            cached = self._metadata.get(item.sop)
+            if cached is None:
+                cached = await asyncio.to_thread(_metadata_of, item.path)
+                self._metadata[item.sop] = cached
+                if len(self._metadata) > _METADATA_ENTRIES:
+                    self._metadata.popitem(last=False)
+            else:
+                self._metadata.move_to_end(item.sop)
+            out.append(_with_bulk_uris(cached, f"{base_url}/{_instance_path(item)}"))
+        return out
+
+    async def _instances(self, target: Target) -> AsyncIterator[CachedInstance]:
+        """The target's instances, from the cache, or from a retrieval shared with others."""
+        cached = self._cached(target)
+        if cached is not None:
+            self.counters.cache_answers += 1
+            try:
+                for item in cached:
+                    yield item
+            finally:
+                self._cache.unpin(cached)
+            return
+        flight = self._covering_flight(target)
+        if flight is None:
+            flight = self._launch(target)
+        else:
+            self.counters.shared += 1
+        found = False
+        async for item in flight.follow(_selects(target)):
+            found = True
+            yield item
+        if not found:
+            raise NotFound("no such study, series or instance")
+
+    def _cached(self, target: Target) -> list[CachedInstance] | None:
+        if target.instance is not None and target.series is not None:
+            item = self._cache.get(target.study, target.series, target.instance, pin=True)
+            return [item] if item is not None else None
+        return self._cache.listing(target.study, target.series, pin=True)
+
+    def _covering_flight(self, target: Target) -> Flight | None:
+        keys: list[tuple[str, ...]] = [(target.study,)]
+        if target.series is not None:
+            keys.append((target.study, target.series))
+            if target.instance is not None:
+                keys.append((target.study, target.series, target.instance))
+        return next((f for k in keys if (f := self._flights.get(k)) is not None), None)
+
+    def _launch(self, target: Target) -> Flight:
+        key = tuple(u for u in (target.study, target.series, target.instance) if u is not None)
+        flight = Flight()
+        self._flights[key] = flight
+        self.counters.retrieves += 1
+        task = asyncio.get_running_loop().create_task(self._fly(key, target, flight))
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        return flight
+
+    async def _fly(self, key: tuple[str, ...], target: Target, flight: Flight) -> None:
+        loop = asyncio.get_running_loop()
+        sink = _make_sink(self._cache, loop, flight, self.counters)
+        error: GatewayError | None = None
+        try:
+            outcome = await self._with_timeout(
+                self._site.operation_timeout,
+                self._site.retrieve.upper(),
+                self._run_retrieve(target, sink, flight),
+            )
+            error = _outcome_error(outcome, self._site.retrieve.upper())
+            if error is None and not flight.cancel.is_set() and target.instance is None:
+                members = [(i.series, i.sop) for i in flight.items if _selects(target)(i)]
+                if members:  # the study/series is now known complete: later asks skip the PACS
+                    self._cache.record_listing(target.study, target.series, members)
+        except GatewayError as exc:
+            error = exc
+        except Exception:
+            log.exception("retrieve failed")
+            error = BackendError("the retrieve from the PACS failed")
+        finally:
+            self._flights.pop(key, None)
+            flight.finish(error)
+            self._cache.unpin(flight.items)
+
+    async def _run_retrieve(
+        self, target: Target, sink: Callable[[Any], int], flight: Flight
+    ) -> RetrieveOutcome:
+        identifier = _retrieve_identifier(target)
+        message_id = self._message_id()
+        timeout = self._site.dimse_timeout
+        if self._scp is None:
+            async with self._pool.lease(sink=sink) as assoc:
+                flight.on_cancel(lambda: self._pool.abort_soon(assoc))
+                return await self._pool.run(
+                    run_get, assoc, identifier, message_id, flight.cancel, timeout
+                )
+        self._scp.register(message_id, sink)
+        try:
+            async with self._pool.lease() as assoc:
+                flight.on_cancel(lambda: self._pool.abort_soon(assoc))
+                return await self._pool.run(
+                    run_move,
+                    assoc,
+                    identifier,
+                    message_id,
+                    self._site.calling_aet,
+                    flight.cancel,
+                    timeout,
+                )
+        finally:
+            self._scp.unregister(message_id)
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def ping(self) -> None:
+        async with self._pool.lease() as assoc:
+            status = await self._pool.run(assoc.send_c_echo)
+            if "Status" not in status or int(status.Status) != SUCCESS:
+                raise BackendError("the PACS did not answer a C-ECHO")
+
+    async def close(self) -> None:
+        for flight in list(self._flights.values()):
+            flight.cancel.set()
+        if self._scp is not None:
+            self._scp.stop()
+        await self._pool.close()
+        self._cache.close()
+        if self._own_cache_dir is not None:
+            shutil.rmtree(self._own_cache_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _selects(target: Target) -> Callable[[CachedInstance], bool]:
+    def wanted(item: CachedInstance) -> bool:
+        return (
+            item.study == target.study
+            and (target.series is None or item.series == target.series)
+            and (target.instance is None or item.sop == target.instance)
+        )
+
+    return wanted
+
+
+def _instance_path(item: CachedInstance) -> str:
+    return f"studies/{item.study}/series/{item.series}/instances/{item.sop}"
+
+
+def _add_retrieve_url(dataset: DicomJson, level: Level, base_url: str) -> None:
+    uids = [_first(dataset, UID_TAG[lv]) for lv in (Level.STUDY, Level.SERIES, Level.INSTANCE)]
+    parts = ["studies", "series", "instances"][: level.depth + 1]
+    if any(u is None for u in uids[: level.depth + 1]):
+        return
+    path = "/".join(f"{p}/{u}" for p, u in zip(parts, uids, strict=False))
+    dataset["00081190"] = {"vr": "UR", "Value": [f"{base_url}/{path}"]}
+
+
+def _first(dataset: DicomJson, tag: str) -> str | None:
+    element = dataset.get(tag)
+    if isinstance(element, dict) and element.get("Value"):
+        return str(element["Value"][0])
+    return None
+
+
+def _retrieve_identifier(target: Target) -> Dataset:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = (
+        "IMAGE" if target.instance else "SERIES" if target.series else "STUDY"
+    )
+    identifier.StudyInstanceUID = target.study
+    if target.series:
+        identifier.SeriesInstanceUID = target.series
+    if target.instance:
+        identifier.SOPInstanceUID = target.instance
+    return identifier
+
+
+def _make_sink(
+    cache: InstanceCache, loop: asyncio.AbstractEventLoop, flight: Flight, counters: DimseCounters
+) -> Callable[[Any], int]:
+    """The C-STORE handler of one retrieve: raw bytes to the cache, then tell the flight."""
+
+    def store(event: Any) -> int:
+        if flight.cancel.is_set():
+            return 0xFE00  # Cancel: nobody wants it any more
+        encoded = event.encoded_dataset(include_meta=True)
+        study, series = _study_and_series(encoded)
+        sop = str(event.request.AffectedSOPInstanceUID)
+        with cache.writer(study, series, sop, pin=True) as writer:
+            writer.write(encoded)
+            item = writer.commit()
+        counters.instances_received += 1
+        loop.call_soon_threadsafe(flight.add, item)
+        return SUCCESS
+
+    return store
+
+
+def _study_and_series(encoded: bytes) -> tuple[str, str]:
+    ds = pydicom.dcmread(
+        BytesIO(encoded),
+        stop_before_pixels=True,
+        specific_tags=["StudyInstanceUID", "SeriesInstanceUID"],
+    )
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+
+
+def _outcome_error(outcome: RetrieveOutcome, operation: str) -> GatewayError | None:
+    if outcome.status == CANCEL:
+        return None
+    if outcome.status in (SUCCESS,) and outcome.failed == 0:
+        return None
+    if outcome.status == WARNING_SUBOPS or outcome.failed:
+        return error_for_status(outcome.status, operation)
+    return error_for_status(outcome.status, operation)
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    handle = await asyncio.to_thread(path.open, "rb")
+    try:
+        while chunk := await asyncio.to_thread(handle.read, _CHUNK):
+            yield chunk
+    finally:
+        handle.close()
+
+
+def _prepared(path: Path, wanted: str) -> tuple[bytes | None, str]:
+    """(None, syntax) to send the file as it is, or (bytes, syntax) of a converted copy."""
+    stored = str(pydicom.filereader.read_file_meta_info(path).TransferSyntaxUID)
+    if wanted in ("*", stored):
+        return None, stored
+    if stored in _UNCOMPRESSED and wanted == ExplicitVRLittleEndian:
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        out = BytesIO()
+        ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)
+        return out.getvalue(), ExplicitVRLittleEndian
+    raise NotAcceptable(
+        f"the instance is stored as {stored}; transcoding it to {wanted} is not supported yet",
+        detail={"stored": stored, "requested": wanted},
+    )
+
+
+def _metadata_of(path: Path) -> DicomJson:
+    ds = pydicom.dcmread(path)
+    bulk: list[str] = []
+
+    def as_uri(element: Any) -> str:
+        bulk.append(f"{element.tag:08X}")
+        return f"{{bulk}}/{element.tag:08x}"
+
+    out: DicomJson = ds.to_json_dict(
+        bulk_data_threshold=_BULK_THRESHOLD, bulk_data_element_handler=as_uri
+    )
+    return out
+
+
+def _with_bulk_uris(metadata: DicomJson, instance_url: str) -> DicomJson:
+    """A copy of cached metadata with its bulk data placeholders bound to this request's URL."""
+
+    def bind(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: (
+                    v.replace("{bulk}", f"{instance_url}/bulk", 1)
+                    if k == "BulkDataURI"
+                    else bind(v)
+                )
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [bind(v) for v in value]
+        return value
+
+    bound: DicomJson = bind(metadata)
+    return bound

@@ -1,0 +1,125 @@
+"""Blocking DIMSE operations, run on the pool's threads (PS3.4 C.4.1-C.4.3).
+
+Each returns plain data or raises one of our errors; nothing here touches the event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from pydicom import Dataset
+from pynetdicom.association import Association
+
+from ...errors import BackendError, BackendTimeout, GatewayError
+from .contexts import FIND_MODEL, GET_MODEL, MOVE_MODEL
+from .status import CANCEL, PENDING, SUCCESS, error_for_status, is_failure
+
+__all__ = ["RetrieveOutcome", "run_find", "run_get", "run_move"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieveOutcome:
+    status: int
+    completed: int
+    failed: int
+    warning: int
+
+
+def _no_response(started: float, timeout: float, operation: str) -> GatewayError:
+    # pynetdicom yields an empty status when the association was aborted or timed out.
+    if time.monotonic() - started >= timeout * 0.9:
+        return BackendTimeout(f"the PACS did not answer the {operation} in time")
+    return BackendError(f"the PACS broke off the {operation}")
+
+
+def run_find(
+    assoc: Association, identifier: Dataset, msg_id: int, limit: int | None, timeout: float
+) -> list[Dataset]:
+    """C-FIND; once ``limit`` matches have come, C-CANCEL the rest (PS3.4 C.4.1.2.3)."""
+    matches: list[Dataset] = []
+    cancelled = False
+    started = time.monotonic()
+    for status, answer in assoc.send_c_find(identifier, FIND_MODEL, msg_id=msg_id):
+        if "Status" not in status:
+            raise _no_response(started, timeout, "C-FIND")
+        code = int(status.Status)
+        if code in PENDING:
+            if answer is not None and not cancelled:
+                matches.append(answer)
+                if limit is not None and len(matches) >= limit:
+                    assoc.send_c_cancel(msg_id, query_model=FIND_MODEL)
+                    cancelled = True
+            continue
+        if code in (SUCCESS, CANCEL):
+            break
+        raise error_for_status(code, "C-FIND")
+    return matches
+
+
+def run_get(
+    assoc: Association, identifier: Dataset, msg_id: int, cancel: threading.Event, timeout: float
+) -> RetrieveOutcome:
+    """C-GET; instances arrive as C-STORE sub-operations on this association (C.4.3)."""
+    return _retrieve(
+        assoc.send_c_get(identifier, GET_MODEL, msg_id=msg_id),
+        assoc,
+        msg_id,
+        GET_MODEL,
+        cancel,
+        timeout,
+        "C-GET",
+    )
+
+
+def run_move(
+    assoc: Association,
+    identifier: Dataset,
+    msg_id: int,
+    destination: str,
+    cancel: threading.Event,
+    timeout: float,
+) -> RetrieveOutcome:
+    """C-MOVE to our own storage SCP (C.4.2); it routes what arrives by Message ID."""
+    responses = assoc.send_c_move(identifier, destination, MOVE_MODEL, msg_id=msg_id)
+    return _retrieve(responses, assoc, msg_id, MOVE_MODEL, cancel, timeout, "C-MOVE")
+
+
+def _retrieve(
+    responses: object,
+    assoc: Association,
+    msg_id: int,
+    model: str,
+    cancel: threading.Event,
+    timeout: float,
+    operation: str,
+) -> RetrieveOutcome:
+    started = time.monotonic()
+    cancel_sent = False
+    final: Dataset | None = None
+    for status, _identifier in responses:  # type: ignore[attr-defined]
+        if "Status" not in status:
+            if cancel.is_set():
+                return RetrieveOutcome(CANCEL, 0, 0, 0)
+            raise _no_response(started, timeout, operation)
+        code = int(status.Status)
+        if code in PENDING:
+            if cancel.is_set() and not cancel_sent:
+                assoc.send_c_cancel(msg_id, query_model=model)
+                cancel_sent = True
+            continue
+        final = status
+        break
+    if final is None:
+        raise BackendError(f"the PACS ended the {operation} without a final status")
+    code = int(final.Status)
+    outcome = RetrieveOutcome(
+        status=code,
+        completed=int(final.get("NumberOfCompletedSuboperations", 0) or 0),
+        failed=int(final.get("NumberOfFailedSuboperations", 0) or 0),
+        warning=int(final.get("NumberOfWarningSuboperations", 0) or 0),
+    )
+    if is_failure(code) and outcome.completed == 0:
+        raise error_for_status(code, operation)
+    return outcome

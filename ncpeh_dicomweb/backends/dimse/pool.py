@@ -1,0 +1,173 @@
+"""Associations with one PACS: opened in worker threads, reused, limited in number.
+
+pynetdicom is thread-based and blocking; every call into it runs on this pool's own executor,
+so a stuck PACS cannot starve the event loop's default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from pynetdicom import AE, build_role, evt
+from pynetdicom.association import Association
+
+from ...config import DimseSite
+from ...errors import BackendBusy, BackendUnreachable
+from .contexts import (
+    COMPRESSED,
+    FIND_MODEL,
+    GET_MODEL,
+    MOVE_MODEL,
+    STORAGE_CLASSES,
+    UNCOMPRESSED,
+    VERIFICATION,
+)
+
+__all__ = ["AssociationPool", "StoreSink"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+StoreSink = Callable[[Any], int]
+"""Handles one C-STORE sub-operation of a C-GET (the pynetdicom event); returns a status."""
+
+# No association has room for another operation: wait this long for one, then 503.
+_LEASE_WAIT = 10.0
+
+
+def _set_nodelay(event: Any) -> None:
+    # pynetdicom never sets TCP_NODELAY: without it every DIMSE exchange stalls ~40 ms.
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class AssociationPool:
+    def __init__(self, site: DimseSite) -> None:
+        self._site = site
+        self._executor = ThreadPoolExecutor(
+            max_workers=site.max_associations + 2, thread_name_prefix=f"dimse-{site.id}"
+        )
+        ae = AE(ae_title=site.calling_aet)
+        ae.connection_timeout = site.connect_timeout
+        ae.acse_timeout = site.connect_timeout * 2
+        ae.dimse_timeout = site.dimse_timeout
+        ae.network_timeout = site.dimse_timeout
+        ae.maximum_pdu_size = 0  # as large as the PACS will send
+        for model in (VERIFICATION, FIND_MODEL, GET_MODEL, MOVE_MODEL):
+            ae.add_requested_context(model, list(UNCOMPRESSED[:2]))
+        for storage in STORAGE_CLASSES:
+            ae.add_requested_context(storage, list(UNCOMPRESSED))
+            ae.add_requested_context(storage, list(COMPRESSED))
+        self._ae = ae
+        self._roles = [build_role(uid, scp_role=True) for uid in STORAGE_CLASSES]
+        self._idle: list[Association] = []
+        self._sinks: dict[int, StoreSink] = {}
+        self._lock = threading.Lock()
+        self._slots = asyncio.Semaphore(site.max_associations)
+        self._closed = False
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking pynetdicom call on this pool's threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @asynccontextmanager
+    async def lease(self, sink: StoreSink | None = None) -> AsyncIterator[Association]:
+        """An established association for one operation; C-STOREs it receives go to ``sink``.
+
+        The association goes back to the pool only if the operation ended cleanly.
+        """
+        try:
+            await asyncio.wait_for(self._slots.acquire(), _LEASE_WAIT)
+        except TimeoutError:
+            raise BackendBusy(
+                "all associations with the PACS are in use", headers={"Retry-After": "5"}
+            ) from None
+        assoc: Association | None = None
+        clean = False
+        try:
+            opened = self._take_idle()
+            if opened is None:
+                opened = await self.run(self._open)
+            assoc = opened
+            if sink is not None:
+                with self._lock:
+                    self._sinks[id(opened)] = sink
+            yield opened
+            clean = True
+        finally:
+            if assoc is not None:
+                with self._lock:
+                    self._sinks.pop(id(assoc), None)
+                if clean and assoc.is_established and not self._closed:
+                    with self._lock:
+                        self._idle.append(assoc)
+                else:
+                    # Cancellation may land here: don't await, but do not leave it open either.
+                    self._executor.submit(_abort, assoc)
+            self._slots.release()
+
+    def abort_soon(self, assoc: Association) -> None:
+        """Abort an association without waiting (a client gave up).
+
+        Not on the pool's executor: its threads may all be blocked in the very operations
+        being aborted.
+        """
+        threading.Thread(target=_abort, args=(assoc,), name="dimse-abort", daemon=True).start()
+
+    def _take_idle(self) -> Association | None:
+        with self._lock:
+            while self._idle:
+                assoc = self._idle.pop()
+                if assoc.is_established:  # the PACS may have closed it while idle
+                    return assoc
+        return None
+
+    def _open(self) -> Association:
+        assoc = self._ae.associate(
+            self._site.host,
+            self._site.port,
+            ae_title=self._site.called_aet,
+            ext_neg=self._roles,  # type: ignore[arg-type]
+            evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay), (evt.EVT_C_STORE, self._on_store)],
+        )
+        if assoc.is_established:
+            return assoc
+        if assoc.is_rejected:
+            raise BackendUnreachable("the PACS rejected the gateway's association")
+        raise BackendUnreachable("the PACS cannot be reached")
+
+    def _on_store(self, event: Any) -> int:
+        with self._lock:
+            sink = self._sinks.get(id(event.assoc))
+        if sink is None:
+            return 0xA700  # Out of Resources: a C-STORE nobody asked for
+        return sink(event)
+
+    async def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for assoc in idle:
+            await self.run(_release, assoc)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _release(assoc: Association) -> None:
+    try:
+        assoc.release()
+    except Exception:  # a peer gone already: nothing more to do
+        log.debug("release failed", exc_info=True)
+
+
+def _abort(assoc: Association) -> None:
+    try:
+        assoc.abort()
+    except Exception:
+        log.debug("abort failed", exc_info=True)

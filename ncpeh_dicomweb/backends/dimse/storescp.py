@@ -1,0 +1,79 @@
+"""The gateway's Storage SCP: the C-MOVE destination (PS3.4 C.4.2, B.2).
+
+Instances the PACS pushes are routed to the move that asked for them by the C-STORE's Move
+Originator AE Title and Message ID (PS3.7 9.1.1.1), so concurrent moves never mix.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from ...config import DimseSite
+from .contexts import COMPRESSED, STORAGE_CLASSES, UNCOMPRESSED
+from .pool import StoreSink, _set_nodelay
+
+__all__ = ["StorageSCP"]
+
+log = logging.getLogger(__name__)
+
+_OUT_OF_RESOURCES = 0xA700
+_NOT_EXPECTED = 0xC001  # "cannot understand": nobody asked for this instance
+
+
+class StorageSCP:
+    def __init__(self, site: DimseSite) -> None:
+        self._site = site
+        self._routes: dict[tuple[str, int], StoreSink] = {}
+        self._lock = threading.Lock()
+        self._server: ThreadedAssociationServer | None = None
+
+    def start(self) -> None:
+        ae = AE(ae_title=self._site.calling_aet)
+        ae.maximum_pdu_size = 0
+        ae.dimse_timeout = self._site.dimse_timeout
+        ae.network_timeout = self._site.dimse_timeout
+        for storage in STORAGE_CLASSES:
+            ae.add_supported_context(storage, [*UNCOMPRESSED, *COMPRESSED])
+        self._server = ae.start_server(
+            (self._site.store_host, self._site.store_port),
+            block=False,
+            evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay), (evt.EVT_C_STORE, self._on_store)],
+        )
+
+    def register(self, message_id: int, sink: StoreSink) -> None:
+        with self._lock:
+            self._routes[(self._site.calling_aet, message_id)] = sink
+
+    def unregister(self, message_id: int) -> None:
+        with self._lock:
+            self._routes.pop((self._site.calling_aet, message_id), None)
+
+    def _on_store(self, event: Any) -> int:
+        request = event.request
+        originator = str(getattr(request, "MoveOriginatorApplicationEntityTitle", "") or "").strip()
+        message_id = getattr(request, "MoveOriginatorMessageID", None)
+        with self._lock:
+            sink = self._routes.get((originator, int(message_id))) if message_id else None
+            if sink is None and len(self._routes) == 1 and not message_id:
+                # A PACS that leaves out the Move Originator: only one move can be meant.
+                sink = next(iter(self._routes.values()))
+        if sink is None:
+            log.warning(
+                "C-STORE for no pending C-MOVE (originator %r, id %r)", originator, message_id
+            )
+            return _NOT_EXPECTED
+        try:
+            return sink(event)
+        except Exception:
+            log.exception("storing a moved instance failed")
+            return _OUT_OF_RESOURCES
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
