@@ -158,7 +158,8 @@ class InstanceCache:
     once unpinned.  Evicting an entry drops every listing that contains it, so ``listing()``
     never names a missing file.  ``get``, ``listing``, ``writer`` and ``adopt`` take
     ``pin=True`` to pin what they return atomically (the caller must ``unpin`` it); without
-    it another thread may evict the file before the caller opens it.
+    it another thread may evict the file before the caller opens it.  Use one instance per
+    root: nothing coordinates two caches (or processes) sharing a directory.
     """
 
     def __init__(self, root: Path, max_bytes: int) -> None:
@@ -235,15 +236,17 @@ class InstanceCache:
             with os.fdopen(fd, "wb") as out:
                 out.write(json.dumps({"study": study, "series": series, "members": pairs}).encode())
             with self._lock:
-                if not self._complete_locked(study, pairs):
-                    return False
-                path = self._listing_path(lk)
-                path.parent.mkdir(exist_ok=True)
-                os.replace(tmp, path)
-                self._listings[lk] = pairs
-                return True
-        finally:
+                if complete := self._complete_locked(study, pairs):
+                    path = self._listing_path(lk)
+                    path.parent.mkdir(exist_ok=True)
+                    os.replace(tmp, path)
+                    self._listings[lk] = pairs
+        except BaseException:
             tmp.unlink(missing_ok=True)
+            raise
+        if not complete:
+            tmp.unlink()
+        return complete
 
     def listing(
         self, study: str, series: str | None = None, *, pin: bool = False
@@ -267,7 +270,10 @@ class InstanceCache:
             return [self._entries[k] for k in keys]
 
     def pin(self, items: Iterable[CachedInstance]) -> None:
-        """Protect items from eviction until a matching ``unpin`` (pins are counted)."""
+        """Protect items from eviction until a matching ``unpin``.
+
+        Pins are counted per ``(study, series, sop)``, so they also hold a newer copy.
+        """
         keys = [(i.study, i.series, i.sop) for i in items]
         with self._lock:
             self._pins.update(keys)

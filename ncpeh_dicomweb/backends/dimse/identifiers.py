@@ -102,7 +102,8 @@ class FindPlan:
     ``identifier`` is the request identifier. ``gateway_keys`` are matched by the gateway on the
     answers (their attribute is asked for, universally). ``lower_keys`` belong to a level below
     ``level``: a C-FIND at ``level`` cannot hold them, so the backend first runs a C-FIND one
-    level down with them and then restricts this one to the parents found (PS3.4 C.4.1.3.2).
+    level down with them and then restricts this one to the parents found: what a relational
+    query (PS3.4 C.4.1.2.2.1) would do in one C-FIND, done in two hierarchical ones.
     Neither kind is in the identifier.
     """
 
@@ -125,8 +126,9 @@ def find_identifier(query: QidoQuery, scope: Scope) -> FindPlan:
     * Query/Retrieve Level is STUDY, SERIES or IMAGE.
     * Scope UIDs become single-value unique keys (PS3.4 C.2.2.2.1). Below the study level the
       unique keys of the levels above are always present, universal when the path gives no UID,
-      so that the answers carry them: Study Root relational-style identifiers (C.4.1.2.2.2),
-      which SCPs commonly accept.
+      so that the answers carry them. A universal or list value there is beyond the baseline
+      hierarchical query (C.4.1.2.1) and needs relational queries (C.4.1.2.2.1), which many
+      SCPs accept even unnegotiated.
     * Match keys keep their PS3.4 C.2.2.2 form: single value, wildcard (C.2.2.2.4), range
       ``a-b`` (C.2.2.2.5), UID list joined with ``\\`` (C.2.2.2.2), zero length for universal
       matching (C.2.2.2.3); a dotted path becomes a sequence of one item holding the nested key
@@ -134,7 +136,7 @@ def find_identifier(query: QidoQuery, scope: Scope) -> FindPlan:
     * A key on a UID the scope fixes is absorbed when the scope implies it, else matched in the
       gateway (it then matches nothing). Keys of ``_GATEWAY_ONLY`` go to ``gateway_keys``, keys
       of a lower level to ``lower_keys``.
-    * Return keys, asked with zero length (C.2.2.1.2): the attributes PS3.18 10.6.3.3 requires
+    * Return keys, asked with zero length (C.2.2.2.3): the attributes PS3.18 10.6.3.3 requires
       at this level, and at the levels above that the scope does not fix, except Retrieve URL;
       the ``includefield`` attributes not below the query level (a sequence path asks for its
       whole top-level sequence, unless a match key already put an item there); with
