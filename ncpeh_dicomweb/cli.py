@@ -21,7 +21,7 @@ from .config import (
     parse_dimse_address,
     settings_from_mapping,
 )
-from .web.middleware import AccessLogger
+from .web.middleware import AccessLogger, RedactServerErrors
 
 __all__ = ["main"]
 
@@ -92,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("aiohttp.server").addFilter(RedactServerErrors())
     # pynetdicom logs every DIMSE message at INFO (and identifiers, i.e. patient data, at DEBUG).
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
@@ -99,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ncpeh-dicomweb: configuration error: {exc}", file=sys.stderr)
         return 2
+    if settings.public_url is None:
+        logging.getLogger(__name__).warning(
+            "public_url is not set: URLs in answers follow each request's Host header; "
+            "set it in production"
+        )
     if args.command == "check-config":
         sites = ", ".join(f"{s.id} ({s.kind})" for s in settings.sites)
         print(f"configuration OK: sites {sites}; default {settings.default_site}")

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
 
 import aiohttp
 import orjson
@@ -21,25 +21,30 @@ from ..dicomweb import multipart
 from ..dicomweb.attributes import Level
 from ..dicomweb.dicomjson import UrlRewriter, rewrite_urls
 from ..dicomweb.matching import loosen_for_upstream, matches_all
-from ..dicomweb.media import InstanceMedia
-from ..dicomweb.query import MatchKey, QidoQuery, encode_query, to_params
+from ..dicomweb.media import EXPLICIT_VR_LITTLE_ENDIAN, InstanceMedia
+from ..dicomweb.part10 import NEED_MORE, transfer_syntax_of
+from ..dicomweb.query import QidoQuery, encode_query, to_params
 from ..errors import (
     BackendBusy,
     BackendError,
     BackendTimeout,
     BackendUnreachable,
     GatewayError,
+    NotAcceptable,
     NotFound,
     UpstreamRejected,
 )
 from .base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
-from .relational import MAX_PARENTS, child_query, lower_keys, parent_uids, restrict_to
+from .relational import child_query, lower_keys, page, parent_uids, restrict_to
 
 __all__ = ["DicomWebBackend"]
 
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 256 * 1024
+# Upstream searches the gateway must finish itself (relational, loosened) fetch at most this
+# many candidates; a Warning says when the cap was reached.
+_CANDIDATES = 10_000
 # Part headers of the upstream that are passed on to the client (after URL rewriting).
 _PART_HEADERS = ("content-type", "content-length", "content-location", "content-description")
 
@@ -84,46 +89,44 @@ class DicomWebBackend:
             return SearchResult([], tuple(warnings))
         lower = lower_keys(query)
         if lower:
-            parents = await self._relational_parents(query, lower, scope, warnings)
-            if not parents:
-                return SearchResult([], tuple(warnings))
-            query = restrict_to(query, lower, parents)
-
-        # Keys the PACS cannot receive as they are go up loosened and are matched here.
-        loosened = {k: w for k in query.keys if (w := loosen_for_upstream(k)) is not None}
-        upstream = query
-        if loosened:
-            upstream = replace(
-                query,
-                keys=tuple(loosened.get(k, k) for k in query.keys),
-                limit=None,
-                offset=0,
-            )
-        datasets = await self._qido(upstream, scope)
-        if loosened:
-            datasets = [d for d in datasets if matches_all(d, loosened)]
-            end = None if query.limit is None else query.offset + query.limit
-            datasets = datasets[query.offset : end]
+            children = await self._matches(child_query(query, lower), scope, warnings)
+            parents = parent_uids(children, query.level, warnings)
+            batches = restrict_to(query, lower, parents)
+            datasets = [d for b in batches for d in await self._matches(b, scope, warnings)]
+            if len(batches) > 1:
+                datasets = page(datasets, query)
+        else:
+            datasets = await self._matches(query, scope, warnings)
         rewrite_urls(datasets, UrlRewriter(self._roots, base_url))
         return SearchResult(datasets, tuple(warnings))
 
-    async def _relational_parents(
-        self, query: QidoQuery, lower: tuple[MatchKey, ...], scope: Scope, warnings: list[str]
-    ) -> list[str]:
-        children = await self._qido(child_query(query, lower), scope)
-        return parent_uids(children, query.level, warnings)
+    async def _matches(
+        self, query: QidoQuery, scope: Scope, warnings: list[str]
+    ) -> list[DicomJson]:
+        """One upstream search; keys the PACS cannot receive as they are go up loosened."""
+        loosened = {k: w for k in query.keys if (w := loosen_for_upstream(k)) is not None}
+        if not loosened:
+            return await self._qido(query, scope, warnings)
+        wide = replace(
+            query, keys=tuple(loosened.get(k, k) for k in query.keys), limit=None, offset=0
+        )
+        candidates = await self._qido(wide, scope, warnings)
+        return page([d for d in candidates if matches_all(d, loosened)], query)
 
-    async def _qido(self, query: QidoQuery, scope: Scope) -> list[DicomJson]:
+    async def _qido(self, query: QidoQuery, scope: Scope, warnings: list[str]) -> list[DicomJson]:
         path = _qido_path(query.level, scope)
         params = to_params(query)
         if query.limit is None:
-            params.append(("limit", str(MAX_PARENTS * 20)))
+            params.append(("limit", str(_CANDIDATES)))
         url = f"{self._root}/{path}"
         if params:
             url += "?" + encode_query(params)
         body = await self._get_json(url)
-        if not isinstance(body, list) or not all(isinstance(d, dict) for d in body):
-            raise BackendError("the PACS answered a search with something that is not DICOM JSON")
+        if query.limit is None and len(body) >= _CANDIDATES:
+            warnings.append(
+                f"the search was narrowed to the first {_CANDIDATES} candidates the PACS "
+                "returned; matches beyond them may be missing"
+            )
         return body
 
     # ------------------------------------------------------------------ metadata
@@ -131,20 +134,22 @@ class DicomWebBackend:
     async def metadata(self, target: Target, base_url: str) -> list[DicomJson]:
         url = f"{self._root}/{target.path()}/metadata"
         body = await self._get_json(url)
-        if not isinstance(body, list) or not all(isinstance(d, dict) for d in body):
-            raise BackendError("the PACS answered a metadata request with something else")
         rewrite_urls(body, UrlRewriter(self._roots, base_url))
         return body
 
-    async def _get_json(self, url: str) -> Any:
+    async def _get_json(self, url: str) -> list[DicomJson]:
+        """A DICOM JSON array from the PACS (an empty 204 counts as no match)."""
         async with self._request(url, "application/dicom+json", self._search_timeout) as resp:
             if resp.status == 204:
                 return []
             try:
                 raw = await resp.read()
-                return orjson.loads(raw) if raw.strip() else []
+                body = orjson.loads(raw) if raw.strip() else []
             except orjson.JSONDecodeError:
                 raise BackendError("the PACS answered with malformed JSON") from None
+        if not isinstance(body, list) or not all(isinstance(d, dict) for d in body):
+            raise BackendError("the PACS answered with JSON that is not DICOM JSON")
+        return body
 
     # ------------------------------------------------------------------ retrieve
 
@@ -153,7 +158,16 @@ class DicomWebBackend:
     ) -> AsyncGenerator[RetrieveEvent, None]:
         url = f"{self._root}/{target.path()}"
         rewrite = UrlRewriter(self._roots, base_url)
-        async with self._request(url, media.upstream_accept(), self._stream_timeout) as resp:
+        # A syntax the PACS cannot produce shows as 400 or 500 from some (Orthanc): 406 it is.
+        unable = None
+        if media.transfer_syntax not in ("*", EXPLICIT_VR_LITTLE_ENDIAN):
+            unable = NotAcceptable(
+                f"the PACS cannot provide this in transfer syntax {media.transfer_syntax}",
+                detail={"transfer-syntax": media.transfer_syntax},
+            )
+        async with self._request(
+            url, media.upstream_accept(), self._stream_timeout, cannot_transcode=unable
+        ) as resp:
             try:
                 boundary = multipart.boundary_from_content_type(
                     resp.headers.get("Content-Type", "")
@@ -163,11 +177,15 @@ class DicomWebBackend:
                     "the PACS answered a retrieve without a multipart body"
                 ) from None
             reader = multipart.MultipartReader(boundary)
+            labeler = _PartLabeler(media.transfer_syntax)
             try:
                 async for chunk in resp.content.iter_chunked(_READ_SIZE):
                     for event in _events(reader, chunk, rewrite):
-                        yield event
+                        for labeled in labeler.feed(event):
+                            yield labeled
                 reader.finish()
+                for labeled in labeler.finish():
+                    yield labeled
             except multipart.MultipartError as exc:
                 raise BackendError(f"the PACS sent a broken multipart stream: {exc}") from None
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -186,7 +204,11 @@ class DicomWebBackend:
 
     @asynccontextmanager
     async def _request(
-        self, url: str, accept: str, client_timeout: aiohttp.ClientTimeout
+        self,
+        url: str,
+        accept: str,
+        client_timeout: aiohttp.ClientTimeout,
+        cannot_transcode: GatewayError | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         headers = {**self._headers, "Accept": accept}
         # encoded=True: yarl would otherwise re-quote `^` as %5E, which Orthanc never decodes.
@@ -200,6 +222,8 @@ class DicomWebBackend:
                 allow_redirects=False,
             ) as resp:
                 if resp.status >= 300:
+                    if cannot_transcode is not None and resp.status in _TRANSCODING_FAILED:
+                        raise cannot_transcode
                     raise _map_status(resp.status, resp.headers.get("Retry-After"))
                 yield resp
         except GatewayError:
@@ -218,12 +242,64 @@ def _events(
         if isinstance(event, multipart.PartData):
             yield event.data
         elif isinstance(event, multipart.PartStart):
-            headers = {k: v for k, v in event.headers.items() if k in _PART_HEADERS}
+            headers = {k: v for k, v in event.headers.items() if k in _PART_HEADERS and v.isascii()}
             if "content-location" in headers:
                 location = rewrite(headers.pop("content-location"))
                 if location is not None:
                     headers["content-location"] = location
             yield PartHead(headers)
+
+
+class _PartLabeler:
+    """Gives each part the Content-Type of the transfer syntax it really carries.
+
+    Orthanc labels parts plain ``application/dicom`` even when asked for a syntax; the File
+    Meta Information at the head of each part says which one it is (PS3.18 8.7.3.5.2). A part
+    in another syntax than the one asked for is a PACS fault: the stream is cut.
+    """
+
+    _LOOK_AHEAD = 64 * 1024
+
+    def __init__(self, requested: str) -> None:
+        self._requested = requested
+        self._head: PartHead | None = None
+        self._held: list[bytes] = []
+
+    def feed(self, event: RetrieveEvent) -> list[RetrieveEvent]:
+        if isinstance(event, PartHead):
+            out = self._release(None)
+            self._head = event
+            return out
+        if self._head is None:
+            return [event]
+        self._held.append(event)
+        head = b"".join(self._held)
+        try:
+            syntax = transfer_syntax_of(head[: self._LOOK_AHEAD])
+        except ValueError:
+            raise BackendError("the PACS sent a part that is not a DICOM file") from None
+        if syntax == NEED_MORE and len(head) < self._LOOK_AHEAD:
+            self._held = [head]
+            return []
+        return self._release(syntax or None)
+
+    def finish(self) -> list[RetrieveEvent]:
+        return self._release(None)
+
+    def _release(self, syntax: str | None) -> list[RetrieveEvent]:
+        if self._head is None:
+            return []
+        headers = dict(self._head.headers)
+        if syntax is not None:
+            if self._requested not in ("*", syntax):
+                raise BackendError(
+                    f"the PACS sent an instance in {syntax} instead of {self._requested}"
+                )
+            headers["content-type"] = f"application/dicom; transfer-syntax={syntax}"
+        out: list[RetrieveEvent] = [PartHead(headers), *self._held]
+        self._head = None
+        self._held = []
+        return out
 
 
 def _qido_path(level: Level, scope: Scope) -> str:
@@ -237,6 +313,8 @@ def _qido_path(level: Level, scope: Scope) -> str:
         + {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}[level]
     )
 
+
+_TRANSCODING_FAILED = frozenset({400, 406, 415, 500, 501})
 
 # Upstream HTTP status → our error. The PACS's 4xx about the request keep their meaning;
 # anything that says the gateway itself is misconfigured or the PACS failed is a 502.
@@ -254,13 +332,24 @@ _STATUS_MAP: dict[int, tuple[type[GatewayError], str]] = {
 }
 
 
+def _seconds_or_date(value: str | None) -> str:
+    """A Retry-After the client may see: delay-seconds or an HTTP-date, nothing else."""
+    if value and (
+        value.isdigit() or re.fullmatch(r"[A-Za-z]{3}, \d\d [A-Za-z]{3} \d{4} [\d:]{8} GMT", value)
+    ):
+        return value
+    return "5"
+
+
 def _map_status(status: int, retry_after: str | None) -> GatewayError:
     cls, message = _STATUS_MAP.get(status, (BackendError, f"the PACS failed (HTTP {status})"))
     detail = {"pacs_status": status}
     if cls is UpstreamRejected:
         return UpstreamRejected(status, message, detail=detail)
     if cls is BackendBusy:
-        return BackendBusy(message, detail=detail, headers={"Retry-After": retry_after or "5"})
+        return BackendBusy(
+            message, detail=detail, headers={"Retry-After": _seconds_or_date(retry_after)}
+        )
     return cls(message, detail=detail)
 
 

@@ -63,14 +63,16 @@ def _value_matches(value: Any, key: MatchKey) -> bool:
     if key.kind is MatchKind.RANGE:
         low, _, high = key.value.partition("-")
         return (not low or text[: len(low)] >= low) and (not high or text[: len(high)] <= high)
-    case_insensitive = key.vr == "PN"  # as most PACS (Orthanc, dcm4chee) match names
-    if key.kind is MatchKind.WILDCARD:
-        return _wildcard(key.value, case_insensitive).fullmatch(text) is not None
-    if key.vr == "CS" and "\\" in key.value:  # ModalitiesInStudy list match
-        return text in key.value.split("\\")
-    if case_insensitive:
-        return text.casefold() == key.value.casefold()
-    return text == key.value
+    # Several values (ModalitiesInStudy=CT\\MR): any of them may match.
+    return any(_text_matches(text, pattern, key.kind) for pattern in key.value.split("\\"))
+
+
+def _text_matches(text: str, pattern: str, kind: MatchKind) -> bool:
+    # Case-insensitive, as the PACS the gateway fronts match (Orthanc, dcm4chee): a loosened
+    # key checked here must not answer differently from the same key matched upstream.
+    if kind is MatchKind.WILDCARD or "*" in pattern or "?" in pattern:
+        return _wildcard(pattern).fullmatch(text) is not None
+    return text.casefold() == pattern.casefold()
 
 
 def _as_text(value: Any, vr: str) -> str | None:
@@ -85,6 +87,6 @@ def _as_text(value: Any, vr: str) -> str | None:
 
 
 @lru_cache(maxsize=256)
-def _wildcard(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
+def _wildcard(pattern: str) -> re.Pattern[str]:
     body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(body, re.DOTALL | (re.IGNORECASE if case_insensitive else 0))
+    return re.compile(body, re.DOTALL | re.IGNORECASE)

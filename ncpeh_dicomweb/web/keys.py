@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -10,10 +11,27 @@ from ..backends.base import Backend
 from ..config import Settings
 from ..errors import NotFound
 
-__all__ = ["BACKENDS", "SETTINGS", "SiteContext", "site_context"]
+__all__ = [
+    "ACTIVE_STREAMS",
+    "BACKENDS",
+    "SETTINGS",
+    "SiteContext",
+    "abort_connection",
+    "site_context",
+]
 
 SETTINGS = web.AppKey("settings", Settings)
 BACKENDS = web.AppKey("backends", dict[str, Backend])
+# Requests whose streamed answer is under way: cut on shutdown, so a client that stopped
+# reading cannot hold the process.
+ACTIVE_STREAMS: web.AppKey[set[asyncio.BaseTransport]] = web.AppKey("active_streams")
+
+
+def abort_connection(request: web.Request) -> None:
+    """Drop the client's connection at once: no closing boundary, no last chunk."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,10 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
 from ..errors import GatewayError
+from .keys import abort_connection
 from .responses import json_response
 
-__all__ = ["AccessLogger", "error_middleware"]
+__all__ = ["AccessLogger", "RedactServerErrors", "error_middleware"]
 
 log = logging.getLogger("ncpeh_dicomweb.web")
 
@@ -42,6 +43,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         # A bug of ours: logged with its traceback for us, a plain 500 for the client.
         log.exception("unhandled error on %s %s", request.method, request.path)
+        if request.writer is not None and request.writer.output_size > 0:
+            # Part of an answer is out: a second response would corrupt the stream.
+            abort_connection(request)
+            raise
         body = {"status": 500, "error": "internal-error", "message": "internal error"}
         return json_response(body, status=500, content_type=_ERROR_TYPE)
 
@@ -59,3 +64,17 @@ class AccessLogger(AbstractAccessLogger):
             response.body_length,
             time_ * 1000,
         )
+
+
+class RedactServerErrors(logging.Filter):
+    """aiohttp logs a malformed request with its raw request line, query string and all.
+
+    That line may carry patient data (QIDO keys), so it is replaced by a bare notice.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = "malformed HTTP request refused (details withheld: may hold patient data)"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        return True

@@ -12,7 +12,7 @@ from ..dicomweb.attributes import Level
 from ..dicomweb.media import negotiate_dicom_json
 from ..dicomweb.query import parse_qido
 from ..dicomweb.uids import check_uid
-from ..errors import UriTooLong
+from ..errors import InvalidQuery, UriTooLong
 from .keys import SETTINGS, site_context
 from .responses import json_response
 
@@ -33,7 +33,13 @@ async def _search(request: web.Request, level: Level) -> web.Response:
     if len(raw) > limits.max_query_string:
         raise UriTooLong(f"query string longer than {limits.max_query_string} characters")
     # '+' as space, like the form encoding requests and browsers use (RFC 3986 says nothing).
-    params = parse_qsl(raw, keep_blank_values=True, errors="strict")
+    try:
+        params = parse_qsl(raw, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidQuery(
+            "the query string is not valid UTF-8 once percent-decoded",
+            detail={"parameter": "query"},
+        ) from None
     query = parse_qido(params, level, max_limit=limits.qido_max_results)
     warnings = list(query.warnings)
     capped = query.limit is None

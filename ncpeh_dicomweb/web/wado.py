@@ -13,7 +13,7 @@ from ..dicomweb import multipart
 from ..dicomweb.media import InstanceMedia, negotiate_dicom_json, negotiate_instances
 from ..dicomweb.uids import check_uid
 from ..errors import GatewayError, NotFound
-from .keys import site_context
+from .keys import ACTIVE_STREAMS, abort_connection, site_context
 from .responses import json_response
 
 __all__ = ["routes"]
@@ -45,16 +45,24 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
         boundary = multipart.new_boundary()
         response = web.StreamResponse(headers={"Content-Type": media.content_type(boundary)})
         await response.prepare(request)
+        streams = request.app[ACTIVE_STREAMS]
+        transport = request.transport
         try:
+            if transport is not None:
+                streams.add(transport)
             await _stream(response, media, boundary, first, events)
-        except GatewayError as exc:
-            # Headers are gone: cut the connection so the truncated body never looks whole.
-            log.warning("retrieve of %s cut short: %s", target.path(), exc.message)
-            _abort(request)
-            return response
         except ConnectionError:
             log.info("client went away during retrieve of %s", target.path())
-            return response
+        except Exception as exc:
+            # Headers are gone: cut the connection so the truncated body never looks whole.
+            reason = exc.message if isinstance(exc, GatewayError) else type(exc).__name__
+            if not isinstance(exc, GatewayError):
+                log.exception("retrieve of %s failed", target.path())
+            log.warning("retrieve of %s cut short: %s", target.path(), reason)
+            abort_connection(request)
+        finally:
+            if transport is not None:
+                streams.discard(transport)
     return response
 
 
@@ -70,8 +78,8 @@ async def _stream(
     while event is not None:
         if isinstance(event, PartHead):
             headers = dict(event.headers)
-            if media.transfer_syntax != "*" or "content-type" not in headers:
-                headers["content-type"] = media.part_content_type()
+            # The backend names the syntax a part really carries; else, what was asked for.
+            headers.setdefault("content-type", media.part_content_type())
             await response.write(
                 multipart.part_header(boundary, _titled(headers), first=parts == 0)
             )
@@ -85,12 +93,6 @@ async def _stream(
 
 def _titled(headers: dict[str, str]) -> dict[str, str]:
     return {"-".join(w.capitalize() for w in k.split("-")): v for k, v in headers.items()}
-
-
-def _abort(request: web.Request) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
 
 
 async def metadata(request: web.Request) -> web.Response:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from io import BytesIO
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ncpeh_dicomweb.app import create_app
 from ncpeh_dicomweb.config import settings_from_mapping
@@ -257,9 +260,10 @@ async def test_truncated_upstream_stream_is_cut_not_completed(
             headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=XyZ'}
         )
         await response.prepare(request)
-        await response.write(b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + b"\0" * 100_000)
+        instance = _part10(100_000)
+        await response.write(b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + instance)
         await response.write(
-            b"\r\n--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + b"\1" * 50_000
+            b"\r\n--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + instance[:50_000]
         )
         assert request.transport is not None
         request.transport.close()  # no closing delimiter, connection gone
@@ -270,9 +274,24 @@ async def test_truncated_upstream_stream_is_cut_not_completed(
         create_app(_settings([{"id": "x", "url": str(server.make_url("/dicom-web"))}]))
     )
     response = await client.get(f"/dicom-web/studies/{UID}")
-    assert response.status == 200  # headers had to go out before the failure
+    assert response.status == 200, await response.text()  # headers went out before the failure
     with pytest.raises(aiohttp.ClientPayloadError):
         await response.read()
+
+
+def _part10(size: int) -> bytes:
+    """A real DICOM file (Explicit VR Little Endian) of about ``size`` bytes."""
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = generate_uid()
+    ds.add_new(0x00091010, "OB", b"\0" * size)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    out = BytesIO()
+    ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    return out.getvalue()
 
 
 async def test_upstream_without_multipart_is_502(
@@ -286,3 +305,51 @@ async def test_upstream_without_multipart_is_502(
         create_app(_settings([{"id": "x", "url": str(server.make_url("/dicom-web"))}]))
     )
     await _error(client, f"/dicom-web/studies/{UID}", 502, "bad-gateway")
+
+
+async def test_invalid_utf8_in_query_is_400(gateway_client: TestClient[Any, Any]) -> None:
+    body = await _error(gateway_client, "/dicom-web/studies?PatientName=%FF", 400, "invalid-query")
+    assert body["detail"]["parameter"] == "query"
+
+
+async def test_syntax_the_pacs_cannot_make_is_406(
+    gateway_client: TestClient[Any, Any], pacs: Pacs
+) -> None:
+    study = pacs_json(pacs, "studies", "PatientID=LARGE-CT-1")[0]["0020000D"]["Value"][0]
+    htj2k = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.201'
+    await _error(
+        gateway_client, f"/dicom-web/studies/{study}", 406, "not-acceptable", {"Accept": htj2k}
+    )
+
+
+async def test_retry_after_and_odd_part_headers_are_sanitised(
+    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory
+) -> None:
+    async def busy_or_odd(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/studies"):
+            return web.Response(status=503, headers={"Retry-After": "http://pacs.internal/"})
+        response = web.StreamResponse(
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=B'}
+        )
+        await response.prepare(request)
+        await response.write(
+            b"--B\r\nContent-Type: application/dicom\r\n"
+            + b"Content-Description: Thorax \xc3\xa9\r\n\r\n"
+            + _part10(1000)
+            + b"\r\n--B--\r\n"
+        )
+        return response
+
+    server = await aiohttp_server(_fake_pacs(busy_or_odd))
+    client = await aiohttp_client(
+        create_app(_settings([{"id": "x", "url": str(server.make_url("/dicom-web"))}]))
+    )
+    response = await client.get("/dicom-web/studies")
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "5"
+    response = await client.get(f"/dicom-web/studies/{UID}")
+    assert response.status == 200
+    body = await response.read()  # complete, no second response spliced in
+    assert body.rstrip().endswith(b"--")
+    assert b"Thorax" not in body
+    assert b"transfer-syntax=1.2.840.10008.1.2.1" in body

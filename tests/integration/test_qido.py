@@ -423,3 +423,24 @@ def _pn_match(pattern: str, name: str) -> bool:
     if pattern.endswith("*"):
         return name.casefold().startswith(pattern[:-1].casefold())
     return name.casefold() == pattern.casefold()
+
+
+def test_relational_with_no_common_parent_is_empty(client: DICOMwebClient, sample: Sample) -> None:
+    """A study UID and a series of another study: nothing matches (not every study)."""
+    found = client.search_for_studies(
+        search_filters={
+            "StudyInstanceUID": sample.other_study_uid,
+            "SeriesInstanceUID": sample.series_uid,
+        }
+    )
+    assert found == []
+
+
+def test_relational_key_with_space(client: DICOMwebClient, pacs: Pacs, sample: Sample) -> None:
+    series = pacs_json(pacs, f"studies/{sample.study_uid}/series", "includefield=SeriesDescription")
+    described = [s for s in series if " " in (s.get("0008103E", {}).get("Value") or [""])[0]]
+    assert described, "a series description with a space is needed"
+    found = client.search_for_studies(
+        search_filters={"SeriesDescription": described[0]["0008103E"]["Value"][0]}
+    )
+    assert sample.study_uid in uids(found, STUDY_UID)

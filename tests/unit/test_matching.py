@@ -33,7 +33,7 @@ def _key(param: str, value: str) -> Any:
         ("PatientName", "M?ller^J?rgen", True),
         ("PatientName", "Mueller*", False),
         ("StudyDescription", "CT CHEST W CONTRAST", True),
-        ("StudyDescription", "ct chest w contrast", False),
+        ("StudyDescription", "ct chest w contrast", True),  # as Orthanc: case-insensitive
         ("StudyDescription", "CT CHEST*", True),
         ("StudyDescription", "CT_CHEST*", False),
         ("StudyDate", "20240101-20241231", True),

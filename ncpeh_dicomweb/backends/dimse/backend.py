@@ -31,7 +31,7 @@ from ...dicomweb.query import QidoQuery
 from ...errors import BackendError, BackendTimeout, GatewayError, NotAcceptable, NotFound
 from ..base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
 from ..cache import CachedInstance, InstanceCache
-from ..relational import UID_TAG, child_query, lower_keys, parent_uids, restrict_to
+from ..relational import UID_TAG, child_query, lower_keys, page, parent_uids, restrict_to
 from .flight import Flight
 from .identifiers import answer_to_json, find_identifier
 from .operations import RetrieveOutcome, run_find, run_get, run_move
@@ -105,10 +105,12 @@ class DimseBackend:
         if lower:
             children = await self._find(child_query(query, lower), scope)
             parents = parent_uids(children, query.level, warnings)
-            if not parents:
-                return SearchResult([], tuple(warnings))
-            query = restrict_to(query, lower, parents)
-        datasets = await self._find(query, scope)
+            batches = restrict_to(query, lower, parents)
+            datasets = [d for b in batches for d in await self._find(b, scope)]
+            if len(batches) > 1:
+                datasets = page(datasets, query)
+        else:
+            datasets = await self._find(query, scope)
         for dataset in datasets:
             _add_retrieve_url(dataset, query.level, base_url)
         return SearchResult(datasets, tuple(warnings))
@@ -125,8 +127,7 @@ class DimseBackend:
         datasets = [answer_to_json(a, query) for a in answers]
         if plan.gateway_keys:
             datasets = [d for d in datasets if matches_all(d, plan.gateway_keys)]
-        end = None if query.limit is None else query.offset + query.limit
-        return datasets[query.offset : end]
+        return page(datasets, query)
 
     async def _find_answers(self, identifier: Dataset, wanted: int | None) -> list[Dataset]:
         async with self._pool.lease() as assoc:
