@@ -173,3 +173,100 @@ url = "{pacs.dicomweb_root}"
             proc.wait()
         text = log.read_text()
         assert "Traceback" not in text, f"gateway logged a traceback:\n{text[-3000:]}"
+
+
+# ---------------------------------------------------------------------- DIMSE sites
+
+MOVE_AET = "NCPEH-MOVE"
+
+
+@dataclass(frozen=True)
+class DimseGateway:
+    """A gateway with the same Orthanc behind three sites: DICOMweb, C-GET and C-MOVE."""
+
+    url: str
+    pid: int
+    cache_root: Path
+
+    def root(self, site: str) -> str:
+        return f"{self.url}/site/{site}/dicom-web"
+
+
+def start_gateway(config: Path, log: Path, url: str) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ncpeh_dicomweb.cli", "serve", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"{url}/health/live", timeout=1).status_code == 200:
+                return proc
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"gateway did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+def stop_gateway(proc: subprocess.Popen[bytes], log: Path) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text, f"gateway logged a traceback:\n{text[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def dimse_gateway(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseGateway]:
+    work = tmp_path_factory.mktemp("dimse-gateway")
+    port, store_port = free_port(), free_port()
+    # Orthanc must know our C-MOVE destination: register it through its REST API.
+    registered = requests.put(
+        f"{pacs.url}/modalities/{MOVE_AET}",
+        json={"AET": MOVE_AET, "Host": "127.0.0.1", "Port": store_port},
+        timeout=10,
+    )
+    assert registered.status_code == 200, registered.text
+    dimse = f'host = "127.0.0.1"\nport = {pacs.dicom_port}\ncalled_aet = "{pacs.aet}"'
+    config = work / "gateway.toml"
+    config.write_text(
+        f"""
+public_url = "http://127.0.0.1:{port}"
+default_site = "web"
+[server]
+port = {port}
+[[sites]]
+id = "web"
+url = "{pacs.dicomweb_root}"
+[[sites]]
+id = "get"
+kind = "dimse"
+{dimse}
+calling_aet = "NCPEH-GET"
+retrieve = "c-get"
+cache_dir = "{work / "cache-get"}"
+[[sites]]
+id = "move"
+kind = "dimse"
+{dimse}
+calling_aet = "{MOVE_AET}"
+retrieve = "c-move"
+store_port = {store_port}
+cache_dir = "{work / "cache-move"}"
+"""
+    )
+    log = work / "gateway.log"
+    url = f"http://127.0.0.1:{port}"
+    proc = start_gateway(config, log, url)
+    try:
+        yield DimseGateway(url=url, pid=proc.pid, cache_root=work)
+    finally:
+        stop_gateway(proc, log)

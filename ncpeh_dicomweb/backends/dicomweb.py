@@ -199,6 +199,9 @@ class DicomWebBackend:
         ):
             pass
 
+    def stats(self) -> dict[str, int]:
+        return {}
+
     async def close(self) -> None:
         await self._session.close()
 

@@ -33,5 +33,15 @@ async def ready(request: web.Request) -> web.Response:
     )
 
 
+async def stats(request: web.Request) -> web.Response:
+    """Per-site counters (DIMSE operations, cache use); numbers only, no patient data."""
+    backends = request.app[BACKENDS]
+    return web.json_response({"sites": {site: b.stats() for site, b in backends.items()}})
+
+
 def routes() -> list[web.RouteDef]:
-    return [web.get("/health/live", live), web.get("/health/ready", ready)]
+    return [
+        web.get("/health/live", live),
+        web.get("/health/ready", ready),
+        web.get("/health/stats", stats),
+    ]

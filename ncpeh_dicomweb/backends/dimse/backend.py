@@ -14,7 +14,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from ...config import DimseSite
 from ...dicomweb.attributes import Level
 from ...dicomweb.matching import matches_all
 from ...dicomweb.media import InstanceMedia
-from ...dicomweb.query import QidoQuery
+from ...dicomweb.query import QidoQuery, parse_qido
 from ...errors import BackendError, BackendTimeout, GatewayError, NotAcceptable, NotFound
 from ..base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
 from ..cache import CachedInstance, InstanceCache
@@ -58,7 +58,6 @@ class DimseCounters:
     instances_received: int = 0
     cache_answers: int = 0  # retrieves answered from the cache alone
     shared: int = 0  # requests that joined a retrieval already under way
-    by_kind: dict[str, int] = field(default_factory=dict)
 
 
 class DimseBackend:
@@ -240,6 +239,10 @@ class DimseBackend:
                     self._cache.record_listing(target.study, target.series, members)
         except GatewayError as exc:
             error = exc
+            if not flight.items and not isinstance(exc, BackendTimeout | NotFound):
+                # Some PACS (Orthanc) fail a C-GET of an unknown UID instead of sending
+                # nothing: ask whether it exists, so the client gets a 404, not a 502.
+                error = await self._unless_unknown(target, exc)
         except Exception:
             log.exception("retrieve failed")
             error = BackendError("the retrieve from the PACS failed")
@@ -247,6 +250,21 @@ class DimseBackend:
             self._flights.pop(key, None)
             flight.finish(error)
             self._cache.unpin(flight.items)
+
+    async def _unless_unknown(self, target: Target, error: GatewayError) -> GatewayError:
+        level = (
+            Level.INSTANCE if target.instance else Level.SERIES if target.series else Level.STUDY
+        )
+        params = [("StudyInstanceUID", target.study)]
+        if target.series:
+            params.append(("SeriesInstanceUID", target.series))
+        if target.instance:
+            params.append(("SOPInstanceUID", target.instance))
+        try:
+            found = await self._find(parse_qido(params, level), Scope())
+        except GatewayError:
+            return error
+        return error if found else NotFound("no such study, series or instance")
 
     async def _run_retrieve(
         self, target: Target, sink: Callable[[Any], int], flight: Flight
@@ -283,6 +301,16 @@ class DimseBackend:
             status = await self._pool.run(assoc.send_c_echo)
             if "Status" not in status or int(status.Status) != SUCCESS:
                 raise BackendError("the PACS did not answer a C-ECHO")
+
+    def stats(self) -> dict[str, int]:
+        cache = self._cache.stats
+        return {
+            **{k: v for k, v in vars(self.counters).items() if isinstance(v, int)},
+            "cache_entries": cache.entries,
+            "cache_bytes": cache.bytes,
+            "cache_evictions": cache.evictions,
+            "flights_in_progress": len(self._flights),
+        }
 
     async def close(self) -> None:
         for flight in list(self._flights.values()):
