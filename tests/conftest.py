@@ -227,14 +227,15 @@ def stop_gateway(proc: subprocess.Popen[bytes], log: Path) -> None:
 @pytest.fixture(scope="session")
 def dimse_gateway(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseGateway]:
     work = tmp_path_factory.mktemp("dimse-gateway")
-    port, store_port = free_port(), free_port()
-    # Orthanc must know our C-MOVE destination: register it through its REST API.
-    registered = requests.put(
-        f"{pacs.url}/modalities/{MOVE_AET}",
-        json={"AET": MOVE_AET, "Host": "127.0.0.1", "Port": store_port},
-        timeout=10,
-    )
-    assert registered.status_code == 200, registered.text
+    port, store_port, store_port2 = free_port(), free_port(), free_port()
+    # Orthanc must know our C-MOVE destinations: register them through its REST API.
+    for aet, store in ((MOVE_AET, store_port), (f"{MOVE_AET}2", store_port2)):
+        registered = requests.put(
+            f"{pacs.url}/modalities/{aet}",
+            json={"AET": aet, "Host": "127.0.0.1", "Port": store},
+            timeout=10,
+        )
+        assert registered.status_code == 200, registered.text
     dimse = f'host = "127.0.0.1"\nport = {pacs.dicom_port}\ncalled_aet = "{pacs.aet}"'
     config = work / "gateway.toml"
     config.write_text(
@@ -261,6 +262,23 @@ calling_aet = "{MOVE_AET}"
 retrieve = "c-move"
 store_port = {store_port}
 cache_dir = "{work / "cache-move"}"
+[[sites]]
+id = "get-nocache"   # a cache too small to keep a study: every retrieve goes to the PACS
+kind = "dimse"
+{dimse}
+calling_aet = "NCPEH-GET2"
+retrieve = "c-get"
+cache_dir = "{work / "cache-get-nocache"}"
+cache_max_bytes = 1048576
+[[sites]]
+id = "move-nocache"
+kind = "dimse"
+{dimse}
+calling_aet = "{MOVE_AET}2"
+retrieve = "c-move"
+store_port = {store_port2}
+cache_dir = "{work / "cache-move-nocache"}"
+cache_max_bytes = 1048576
 """
     )
     log = work / "gateway.log"

@@ -248,3 +248,61 @@ def test_large_study_streams_as_it_arrives(
     assert total >= 200 * MB
     assert first is not None and first < elapsed / 5
     assert growth_mb < 60
+
+
+def _cache_is_clean(cache_dir: Path) -> int:
+    """Every cached file is a whole instance; no temp file is left. Returns the file count."""
+    assert not any((cache_dir / "tmp").iterdir()), "half-written files left in the cache"
+    files = list((cache_dir / "data").rglob("*.dcm"))
+    for path in files:
+        ds = pydicom.dcmread(path)
+        assert (
+            len(ds.PixelData) == ds.Rows * ds.Columns * ds.SamplesPerPixel * ds.BitsAllocated // 8
+        )
+    return len(files)
+
+
+@pytest.mark.parametrize("site", ["get-nocache", "move-nocache"])
+def test_client_hang_up_mid_retrieve(dimse_gateway: DimseGateway, pacs: Pacs, site: str) -> None:
+    """The association is aborted, the cache holds no half-written instance, no thread stays."""
+    import psutil
+
+    study = _large(pacs)
+    process = psutil.Process(dimse_gateway.pid)
+    url = f"{dimse_gateway.root(site)}/studies/{study}"
+    # Warm up: the site's worker threads and its pooled association exist from here on.
+    small = pacs.manifest["core"]["studies"][0]["study_uid"]
+    _instances_by_sop(f"{dimse_gateway.root(site)}/studies/{small}", AS_STORED)
+    threads_before = process.num_threads()
+    for _ in range(2):
+        with requests.get(url, headers={"Accept": AS_STORED}, stream=True, timeout=60) as response:
+            assert response.status_code == 200
+            next(response.iter_content(chunk_size=2 * MB))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        stats = _stats(dimse_gateway, site)
+        if stats["flights_in_progress"] == 0 and process.num_threads() <= threads_before:
+            break
+        time.sleep(0.2)
+    assert _stats(dimse_gateway, site)["flights_in_progress"] == 0
+    assert process.num_threads() <= threads_before, "a DIMSE thread stayed behind"
+    assert _stats(dimse_gateway, site)["instances_received"] < 500 * 2  # it really stopped
+    _cache_is_clean(dimse_gateway.cache_root / f"cache-{site}")
+    # and the site still serves
+    assert set(_instances_by_sop(f"{dimse_gateway.root(site)}/studies/{small}", AS_STORED))
+
+
+def test_concurrent_requests_share_one_retrieval(dimse_gateway: DimseGateway, pacs: Pacs) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    site = "get-nocache"
+    study = pacs.manifest["core"]["studies"][3]
+    url = f"{dimse_gateway.root(site)}/studies/{study['study_uid']}"
+    before = _stats(dimse_gateway, site)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: _instances_by_sop(url, AS_STORED), range(4)))
+    after = _stats(dimse_gateway, site)
+    expected = {sop for series in study["series"] for sop in series["instances"]}
+    assert all(set(a) == expected for a in answers)
+    assert after["retrieves"] - before["retrieves"] < 4
+    assert after["shared"] - before["shared"] == 4 - (after["retrieves"] - before["retrieves"])

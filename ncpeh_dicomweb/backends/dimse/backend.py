@@ -13,7 +13,8 @@ import shutil
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -32,6 +33,7 @@ from ...errors import BackendError, BackendTimeout, GatewayError, NotAcceptable,
 from ..base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
 from ..cache import CachedInstance, InstanceCache
 from ..relational import UID_TAG, child_query, lower_keys, page, parent_uids, restrict_to
+from .contexts import GET_MODEL, MOVE_MODEL
 from .flight import Flight
 from .identifiers import answer_to_json, find_identifier
 from .operations import RetrieveOutcome, run_find, run_get, run_move
@@ -77,6 +79,7 @@ class DimseBackend:
             self._scp = StorageSCP(site)
             self._scp.start()
         self._flights: dict[tuple[str, ...], Flight] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._message_ids = itertools.cycle(range(1, 65536))
         self._id_lock = threading.Lock()
         self._metadata: OrderedDict[str, DicomJson] = OrderedDict()
@@ -145,38 +148,54 @@ class DimseBackend:
     async def retrieve(
         self, target: Target, media: InstanceMedia, base_url: str
     ) -> AsyncGenerator[RetrieveEvent, None]:
-        async for item in self._instances(target):
-            body, syntax = await asyncio.to_thread(_prepared, item.path, media.transfer_syntax)
-            location = f"{base_url}/studies/{item.study}/series/{item.series}/instances/{item.sop}"
-            headers = {
-                "content-type": f"application/dicom; transfer-syntax={syntax}",
-                "content-location": location,
-            }
-            if body is not None:
-                headers["content-length"] = str(len(body))
-                yield PartHead(headers)
-                yield body
-                continue
-            headers["content-length"] = str(item.size)
+        async with aclosing(self._instances(target)) as items:
+            async for item in items:
+                async with aclosing(self._part(item, media, base_url)) as part:
+                    async for event in part:
+                        yield event
+
+    async def _part(
+        self, item: CachedInstance, media: InstanceMedia, base_url: str
+    ) -> AsyncGenerator[RetrieveEvent, None]:
+        """One instance as a part: its file as it is, or converted to the syntax asked for."""
+        body, syntax = await asyncio.to_thread(_prepared, item.path, media.transfer_syntax)
+        location = f"{base_url}/studies/{item.study}/series/{item.series}/instances/{item.sop}"
+        headers = {
+            "content-type": f"application/dicom; transfer-syntax={syntax}",
+            "content-location": location,
+        }
+        if body is not None:
+            headers["content-length"] = str(len(body))
             yield PartHead(headers)
-            async for chunk in _file_chunks(item.path):
+            yield body
+            return
+        headers["content-length"] = str(item.size)
+        yield PartHead(headers)
+        async with aclosing(_file_chunks(item.path)) as chunks:
+            async for chunk in chunks:
                 yield chunk
 
     async def metadata(self, target: Target, base_url: str) -> list[DicomJson]:
         out: list[DicomJson] = []
-        async for item in self._instances(target):
-            cached = self._metadata.get(item.sop)
-            if cached is None:
-                cached = await asyncio.to_thread(_metadata_of, item.path)
-                self._metadata[item.sop] = cached
-                if len(self._metadata) > _METADATA_ENTRIES:
-                    self._metadata.popitem(last=False)
-            else:
-                self._metadata.move_to_end(item.sop)
-            out.append(_with_bulk_uris(cached, f"{base_url}/{_instance_path(item)}"))
+        async with aclosing(self._instances(target)) as items:
+            async for item in items:
+                cached = await self._metadata_of(item)
+                out.append(_with_bulk_uris(cached, f"{base_url}/{_instance_path(item)}"))
         return out
 
-    async def _instances(self, target: Target) -> AsyncIterator[CachedInstance]:
+    async def _metadata_of(self, item: CachedInstance) -> DicomJson:
+        """DICOM JSON of a cached instance, kept once built (bulk data as placeholders)."""
+        cached = self._metadata.get(item.sop)
+        if cached is None:
+            cached = await asyncio.to_thread(_metadata_of, item.path)
+            self._metadata[item.sop] = cached
+            if len(self._metadata) > _METADATA_ENTRIES:
+                self._metadata.popitem(last=False)
+        else:
+            self._metadata.move_to_end(item.sop)
+        return cached
+
+    async def _instances(self, target: Target) -> AsyncGenerator[CachedInstance, None]:
         """The target's instances, from the cache, or from a retrieval shared with others."""
         cached = self._cached(target)
         if cached is not None:
@@ -193,9 +212,10 @@ class DimseBackend:
         else:
             self.counters.shared += 1
         found = False
-        async for item in flight.follow(_selects(target)):
-            found = True
-            yield item
+        async with aclosing(flight.follow(_selects(target))) as followed:
+            async for item in followed:
+                found = True
+                yield item
         if not found:
             raise NotFound("no such study, series or instance")
 
@@ -219,7 +239,8 @@ class DimseBackend:
         self._flights[key] = flight
         self.counters.retrieves += 1
         task = asyncio.get_running_loop().create_task(self._fly(key, target, flight))
-        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return flight
 
     async def _fly(self, key: tuple[str, ...], target: Target, flight: Flight) -> None:
@@ -274,23 +295,35 @@ class DimseBackend:
         timeout = self._site.dimse_timeout
         if self._scp is None:
             async with self._pool.lease(sink=sink) as assoc:
-                flight.on_cancel(lambda: self._pool.abort_soon(assoc))
-                return await self._pool.run(
-                    run_get, assoc, identifier, message_id, flight.cancel, timeout
+                finished = threading.Event()
+                flight.on_cancel(
+                    lambda: self._pool.cancel_soon(assoc, message_id, GET_MODEL, finished)
                 )
+                try:
+                    return await self._pool.run(
+                        run_get, assoc, identifier, message_id, flight.cancel, timeout
+                    )
+                finally:
+                    finished.set()
         self._scp.register(message_id, sink)
         try:
             async with self._pool.lease() as assoc:
-                flight.on_cancel(lambda: self._pool.abort_soon(assoc))
-                return await self._pool.run(
-                    run_move,
-                    assoc,
-                    identifier,
-                    message_id,
-                    self._site.calling_aet,
-                    flight.cancel,
-                    timeout,
+                finished = threading.Event()
+                flight.on_cancel(
+                    lambda: self._pool.cancel_soon(assoc, message_id, MOVE_MODEL, finished)
                 )
+                try:
+                    return await self._pool.run(
+                        run_move,
+                        assoc,
+                        identifier,
+                        message_id,
+                        self._site.calling_aet,
+                        flight.cancel,
+                        timeout,
+                    )
+                finally:
+                    finished.set()
         finally:
             self._scp.unregister(message_id)
 
@@ -314,7 +347,9 @@ class DimseBackend:
 
     async def close(self) -> None:
         for flight in list(self._flights.values()):
-            flight.cancel.set()
+            flight.abandon()
+        if self._tasks:  # let each retrieve abort its association and clean up
+            await asyncio.wait(self._tasks, timeout=self._site.dimse_timeout)
         if self._scp is not None:
             self._scp.stop()
         await self._pool.close()
@@ -377,7 +412,7 @@ def _make_sink(
 
     def store(event: Any) -> int:
         if flight.cancel.is_set():
-            return 0xFE00  # Cancel: nobody wants it any more
+            return 0xA700  # refused: nobody wants it any more (a C-CANCEL is on its way)
         encoded = event.encoded_dataset(include_meta=True)
         study, series = _study_and_series(encoded)
         sop = str(event.request.AffectedSOPInstanceUID)
@@ -385,7 +420,11 @@ def _make_sink(
             writer.write(encoded)
             item = writer.commit()
         counters.instances_received += 1
-        loop.call_soon_threadsafe(flight.add, item)
+        try:
+            loop.call_soon_threadsafe(flight.add, item)
+        except RuntimeError:  # the loop is gone: the gateway is shutting down
+            cache.unpin([item])
+            return 0xA700
         return SUCCESS
 
     return store
@@ -410,7 +449,7 @@ def _outcome_error(outcome: RetrieveOutcome, operation: str) -> GatewayError | N
     return error_for_status(outcome.status, operation)
 
 
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+async def _file_chunks(path: Path) -> AsyncGenerator[bytes, None]:
     handle = await asyncio.to_thread(path.open, "rb")
     try:
         while chunk := await asyncio.to_thread(handle.read, _CHUNK):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from ...errors import GatewayError
 from ..cache import CachedInstance
@@ -52,7 +52,7 @@ class Flight:
 
     async def follow(
         self, wanted: Callable[[CachedInstance], bool]
-    ) -> AsyncIterator[CachedInstance]:
+    ) -> AsyncGenerator[CachedInstance, None]:
         """Each instance ``wanted`` selects, those already here first; raises any flight error."""
         self._followers += 1
         try:
@@ -72,6 +72,11 @@ class Flight:
             self._followers -= 1
             if self._followers == 0 and not self.done:
                 # Everyone who wanted it has gone: stop the PACS sending more.
-                self.cancel.set()
-                if self._on_cancel is not None:
-                    self._on_cancel()
+                self.abandon()
+
+    def abandon(self) -> None:
+        """Stop the retrieval: the DIMSE thread sees ``cancel``, the association is aborted."""
+        if not self.cancel.is_set():
+            self.cancel.set()
+            if self._on_cancel is not None:
+                self._on_cancel()

@@ -96,19 +96,14 @@ def _retrieve(
     operation: str,
 ) -> RetrieveOutcome:
     started = time.monotonic()
-    cancel_sent = False
     final: Dataset | None = None
     for status, _identifier in responses:  # type: ignore[attr-defined]
         if "Status" not in status:
             if cancel.is_set():
                 return RetrieveOutcome(CANCEL, 0, 0, 0)
             raise _no_response(started, timeout, operation)
-        code = int(status.Status)
-        if code in PENDING:
-            if cancel.is_set() and not cancel_sent:
-                assoc.send_c_cancel(msg_id, query_model=model)
-                cancel_sent = True
-            continue
+        if int(status.Status) in PENDING:
+            continue  # a C-CANCEL, if any, is sent by the pool's cancel thread
         final = status
         break
     if final is None:

@@ -41,6 +41,9 @@ StoreSink = Callable[[Any], int]
 
 # No association has room for another operation: wait this long for one, then 503.
 _LEASE_WAIT = 10.0
+# After a C-CANCEL, the PACS has this long to end the operation before the association is
+# aborted (an abort in the middle of a C-STORE can wedge pynetdicom's reactor thread).
+_CANCEL_GRACE = 5.0
 
 
 def _set_nodelay(event: Any) -> None:
@@ -110,7 +113,7 @@ class AssociationPool:
                         self._idle.append(assoc)
                 else:
                     # Cancellation may land here: don't await, but do not leave it open either.
-                    self._executor.submit(_abort, assoc)
+                    self.abort_soon(assoc)
             self._slots.release()
 
     def abort_soon(self, assoc: Association) -> None:
@@ -120,6 +123,22 @@ class AssociationPool:
         being aborted.
         """
         threading.Thread(target=_abort, args=(assoc,), name="dimse-abort", daemon=True).start()
+
+    def cancel_soon(
+        self, assoc: Association, message_id: int, model: str, finished: threading.Event
+    ) -> None:
+        """C-CANCEL an operation (PS3.7 9.3.2.3); abort the association if it goes on anyway."""
+
+        def cancel() -> None:
+            try:
+                if assoc.is_established:
+                    assoc.send_c_cancel(message_id, query_model=model)
+            except Exception:
+                log.debug("C-CANCEL failed", exc_info=True)
+            if not finished.wait(_CANCEL_GRACE):
+                _abort(assoc)
+
+        threading.Thread(target=cancel, name="dimse-cancel", daemon=True).start()
 
     def _take_idle(self) -> Association | None:
         with self._lock:
