@@ -16,39 +16,34 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import pydicom
 from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ...config import DimseSite
 from ...dicomweb.attributes import Level
 from ...dicomweb.matching import matches_all
 from ...dicomweb.media import InstanceMedia
 from ...dicomweb.query import QidoQuery, parse_qido
-from ...errors import BackendError, BackendTimeout, GatewayError, NotAcceptable, NotFound
+from ...errors import BackendError, BackendTimeout, GatewayError, NotFound
 from ..base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
 from ..cache import CachedInstance, InstanceCache
 from ..relational import UID_TAG, child_query, lower_keys, page, parent_uids, restrict_to
 from .contexts import GET_MODEL, MOVE_MODEL
 from .flight import Flight
 from .identifiers import answer_to_json, find_identifier
+from .instances import file_chunks, metadata_of, prepared, study_and_series, with_bulk_uris
 from .operations import RetrieveOutcome, run_find, run_get, run_move
 from .pool import AssociationPool
-from .status import CANCEL, SUCCESS, WARNING_SUBOPS, error_for_status
+from .status import CANCEL, SUCCESS, error_for_status
 from .storescp import StorageSCP
 
 __all__ = ["DimseBackend", "DimseCounters"]
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 1 << 20
 _METADATA_ENTRIES = 20_000  # DICOM JSON of this many instances is kept in memory
-_BULK_THRESHOLD = 1024  # values longer than this become BulkDataURIs (PS3.18 F.2.6)
-_UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 
 
 @dataclass
@@ -158,7 +153,7 @@ class DimseBackend:
         self, item: CachedInstance, media: InstanceMedia, base_url: str
     ) -> AsyncGenerator[RetrieveEvent, None]:
         """One instance as a part: its file as it is, or converted to the syntax asked for."""
-        body, syntax = await asyncio.to_thread(_prepared, item.path, media.transfer_syntax)
+        body, syntax = await asyncio.to_thread(prepared, item.path, media.transfer_syntax)
         location = f"{base_url}/studies/{item.study}/series/{item.series}/instances/{item.sop}"
         headers = {
             "content-type": f"application/dicom; transfer-syntax={syntax}",
@@ -171,7 +166,7 @@ class DimseBackend:
             return
         headers["content-length"] = str(item.size)
         yield PartHead(headers)
-        async with aclosing(_file_chunks(item.path)) as chunks:
+        async with aclosing(file_chunks(item.path)) as chunks:
             async for chunk in chunks:
                 yield chunk
 
@@ -179,15 +174,15 @@ class DimseBackend:
         out: list[DicomJson] = []
         async with aclosing(self._instances(target)) as items:
             async for item in items:
-                cached = await self._metadata_of(item)
-                out.append(_with_bulk_uris(cached, f"{base_url}/{_instance_path(item)}"))
+                cached = await self.metadata_of(item)
+                out.append(with_bulk_uris(cached, f"{base_url}/{_instance_path(item)}"))
         return out
 
-    async def _metadata_of(self, item: CachedInstance) -> DicomJson:
+    async def metadata_of(self, item: CachedInstance) -> DicomJson:
         """DICOM JSON of a cached instance, kept once built (bulk data as placeholders)."""
         cached = self._metadata.get(item.sop)
         if cached is None:
-            cached = await asyncio.to_thread(_metadata_of, item.path)
+            cached = await asyncio.to_thread(metadata_of, item.path)
             self._metadata[item.sop] = cached
             if len(self._metadata) > _METADATA_ENTRIES:
                 self._metadata.popitem(last=False)
@@ -414,7 +409,7 @@ def _make_sink(
         if flight.cancel.is_set():
             return 0xA700  # refused: nobody wants it any more (a C-CANCEL is on its way)
         encoded = event.encoded_dataset(include_meta=True)
-        study, series = _study_and_series(encoded)
+        study, series = study_and_series(encoded)
         sop = str(event.request.AffectedSOPInstanceUID)
         with cache.writer(study, series, sop, pin=True) as writer:
             writer.write(encoded)
@@ -430,81 +425,12 @@ def _make_sink(
     return store
 
 
-def _study_and_series(encoded: bytes) -> tuple[str, str]:
-    ds = pydicom.dcmread(
-        BytesIO(encoded),
-        stop_before_pixels=True,
-        specific_tags=["StudyInstanceUID", "SeriesInstanceUID"],
-    )
-    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
-
-
 def _outcome_error(outcome: RetrieveOutcome, operation: str) -> GatewayError | None:
-    if outcome.status == CANCEL:
+    """None if the PACS delivered everything (or we cancelled); else the error to raise.
+
+    A warning (0xB000: some sub-operations failed) is an error too: once parts have gone
+    out the stream is cut, so a partial study never looks complete.
+    """
+    if outcome.status == CANCEL or (outcome.status == SUCCESS and outcome.failed == 0):
         return None
-    if outcome.status in (SUCCESS,) and outcome.failed == 0:
-        return None
-    if outcome.status == WARNING_SUBOPS or outcome.failed:
-        return error_for_status(outcome.status, operation)
     return error_for_status(outcome.status, operation)
-
-
-async def _file_chunks(path: Path) -> AsyncGenerator[bytes, None]:
-    handle = await asyncio.to_thread(path.open, "rb")
-    try:
-        while chunk := await asyncio.to_thread(handle.read, _CHUNK):
-            yield chunk
-    finally:
-        handle.close()
-
-
-def _prepared(path: Path, wanted: str) -> tuple[bytes | None, str]:
-    """(None, syntax) to send the file as it is, or (bytes, syntax) of a converted copy."""
-    stored = str(pydicom.filereader.read_file_meta_info(path).TransferSyntaxUID)
-    if wanted in ("*", stored):
-        return None, stored
-    if stored in _UNCOMPRESSED and wanted == ExplicitVRLittleEndian:
-        ds = pydicom.dcmread(path)
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        out = BytesIO()
-        ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)
-        return out.getvalue(), ExplicitVRLittleEndian
-    raise NotAcceptable(
-        f"the instance is stored as {stored}; transcoding it to {wanted} is not supported yet",
-        detail={"stored": stored, "requested": wanted},
-    )
-
-
-def _metadata_of(path: Path) -> DicomJson:
-    ds = pydicom.dcmread(path)
-    bulk: list[str] = []
-
-    def as_uri(element: Any) -> str:
-        bulk.append(f"{element.tag:08X}")
-        return f"{{bulk}}/{element.tag:08x}"
-
-    out: DicomJson = ds.to_json_dict(
-        bulk_data_threshold=_BULK_THRESHOLD, bulk_data_element_handler=as_uri
-    )
-    return out
-
-
-def _with_bulk_uris(metadata: DicomJson, instance_url: str) -> DicomJson:
-    """A copy of cached metadata with its bulk data placeholders bound to this request's URL."""
-
-    def bind(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {
-                k: (
-                    v.replace("{bulk}", f"{instance_url}/bulk", 1)
-                    if k == "BulkDataURI"
-                    else bind(v)
-                )
-                for k, v in value.items()
-            }
-        if isinstance(value, list):
-            return [bind(v) for v in value]
-        return value
-
-    bound: DicomJson = bind(metadata)
-    return bound

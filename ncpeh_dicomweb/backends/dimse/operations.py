@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pydicom import Dataset
@@ -62,15 +63,8 @@ def run_get(
     assoc: Association, identifier: Dataset, msg_id: int, cancel: threading.Event, timeout: float
 ) -> RetrieveOutcome:
     """C-GET; instances arrive as C-STORE sub-operations on this association (C.4.3)."""
-    return _retrieve(
-        assoc.send_c_get(identifier, GET_MODEL, msg_id=msg_id),
-        assoc,
-        msg_id,
-        GET_MODEL,
-        cancel,
-        timeout,
-        "C-GET",
-    )
+    responses = assoc.send_c_get(identifier, GET_MODEL, msg_id=msg_id)
+    return _final_outcome(responses, cancel, timeout, "C-GET")
 
 
 def run_move(
@@ -83,29 +77,29 @@ def run_move(
 ) -> RetrieveOutcome:
     """C-MOVE to our own storage SCP (C.4.2); it routes what arrives by Message ID."""
     responses = assoc.send_c_move(identifier, destination, MOVE_MODEL, msg_id=msg_id)
-    return _retrieve(responses, assoc, msg_id, MOVE_MODEL, cancel, timeout, "C-MOVE")
+    return _final_outcome(responses, cancel, timeout, "C-MOVE")
 
 
-def _retrieve(
-    responses: object,
-    assoc: Association,
-    msg_id: int,
-    model: str,
+def _final_outcome(
+    responses: Iterator[tuple[Dataset, Dataset | None]],
     cancel: threading.Event,
     timeout: float,
     operation: str,
 ) -> RetrieveOutcome:
+    """Wait through the pending responses for the final one (C.4.2.1.5, C.4.3.1.4).
+
+    A C-CANCEL, if any, is sent by the pool's cancel thread, not from here.
+    """
     started = time.monotonic()
     final: Dataset | None = None
-    for status, _identifier in responses:  # type: ignore[attr-defined]
+    for status, _identifier in responses:
         if "Status" not in status:
             if cancel.is_set():
                 return RetrieveOutcome(CANCEL, 0, 0, 0)
             raise _no_response(started, timeout, operation)
-        if int(status.Status) in PENDING:
-            continue  # a C-CANCEL, if any, is sent by the pool's cancel thread
-        final = status
-        break
+        if int(status.Status) not in PENDING:
+            final = status
+            break
     if final is None:
         raise BackendError(f"the PACS ended the {operation} without a final status")
     code = int(final.Status)

@@ -1,0 +1,95 @@
+"""Instances in the cache as the client gets them: parts, converted copies, metadata.
+
+Blocking functions (file reads, pydicom) are called through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from ...errors import NotAcceptable
+from ..base import DicomJson
+
+__all__ = ["file_chunks", "metadata_of", "prepared", "study_and_series", "with_bulk_uris"]
+
+_CHUNK = 1 << 20
+_BULK_THRESHOLD = 1024  # values longer than this become BulkDataURIs (PS3.18 F.2.6)
+_UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+
+
+def study_and_series(encoded: bytes) -> tuple[str, str]:
+    """Study and Series Instance UIDs of an encoded instance, without decoding the rest."""
+    ds = pydicom.dcmread(
+        BytesIO(encoded),
+        stop_before_pixels=True,
+        specific_tags=["StudyInstanceUID", "SeriesInstanceUID"],
+    )
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+
+
+async def file_chunks(path: Path) -> AsyncGenerator[bytes, None]:
+    """A file in 1 MiB chunks, read off the event loop."""
+    handle = await asyncio.to_thread(path.open, "rb")
+    try:
+        while chunk := await asyncio.to_thread(handle.read, _CHUNK):
+            yield chunk
+    finally:
+        handle.close()
+
+
+def prepared(path: Path, wanted: str) -> tuple[bytes | None, str]:
+    """(None, syntax) to send the file as it is, or (bytes, syntax) of a converted copy."""
+    stored = str(pydicom.filereader.read_file_meta_info(path).TransferSyntaxUID)
+    if wanted in ("*", stored):
+        return None, stored
+    if stored in _UNCOMPRESSED and wanted == ExplicitVRLittleEndian:
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        out = BytesIO()
+        ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)
+        return out.getvalue(), ExplicitVRLittleEndian
+    raise NotAcceptable(
+        f"the instance is stored as {stored}; transcoding it to {wanted} is not supported yet",
+        detail={"stored": stored, "requested": wanted},
+    )
+
+
+def metadata_of(path: Path) -> DicomJson:
+    """DICOM JSON of a cached instance; large values as placeholder BulkDataURIs (F.2.6)."""
+    ds = pydicom.dcmread(path)
+
+    def as_uri(element: Any) -> str:
+        return f"{{bulk}}/{element.tag:08x}"
+
+    out: DicomJson = ds.to_json_dict(
+        bulk_data_threshold=_BULK_THRESHOLD, bulk_data_element_handler=as_uri
+    )
+    return out
+
+
+def with_bulk_uris(metadata: DicomJson, instance_url: str) -> DicomJson:
+    """A copy of cached metadata with its bulk data placeholders bound to this request's URL."""
+
+    def bind(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: (
+                    v.replace("{bulk}", f"{instance_url}/bulk", 1)
+                    if k == "BulkDataURI"
+                    else bind(v)
+                )
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [bind(v) for v in value]
+        return value
+
+    bound: DicomJson = bind(metadata)
+    return bound
