@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 port="${1:-8080}"; shift || true
 sets=("${@:-core}")
-state="$PWD/var/orthanc"
+state="$PWD/var/demo-orthanc"   # not var/orthanc: that one is `make pacs-up`'s
 export PATH="$PWD/.venv/bin:$PATH"
 
 bash scripts/orthanc.sh stop --dir "$state" --purge >/dev/null 2>&1 || true
@@ -14,7 +14,24 @@ eval "$(bash scripts/orthanc.sh start --dir "$state" "${loads[@]}")"
 trap 'bash scripts/orthanc.sh stop --dir "$state" --purge' EXIT
 
 base="http://127.0.0.1:$port"
-study=$(curl -sf "$DICOMWEB_ROOT/studies?limit=1&includefield=0020000D" \
+config="$PWD/var/demo.toml"
+cat > "$config" <<TOML
+public_url = "$base"
+default_site = "orthanc"
+[server]
+port = $port
+[[sites]]
+id = "orthanc"              # the PACS over DICOMweb
+url = "$DICOMWEB_ROOT"
+[[sites]]
+id = "dimse"                # the same PACS over DIMSE: C-FIND + C-GET, with an instance cache
+kind = "dimse"
+host = "127.0.0.1"
+port = $ORTHANC_DICOM_PORT
+called_aet = "$ORTHANC_AET"
+cache_dir = "$PWD/var/cache-dimse"
+TOML
+study=$(curl -sf "$DICOMWEB_ROOT/studies?ModalitiesInStudy=CT&limit=1" \
   | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d[0]["0020000D"]["Value"][0] if d else "")')
 cat <<TXT
 
@@ -27,8 +44,10 @@ cat <<TXT
     curl -s '$base/dicom-web/studies/$study/series'
     curl -s '$base/dicom-web/studies/$study/metadata'
     curl -s -o study.multipart '$base/dicom-web/studies/$study'
-    curl -s '$base/site/default/dicom-web/studies'      # the same site by id
+    curl -s '$base/site/orthanc/dicom-web/studies'      # the same site by id
+    curl -s '$base/site/dimse/dicom-web/studies'        # the same PACS through DIMSE (C-FIND)
+    curl -s -o study.multipart '$base/site/dimse/dicom-web/studies/$study'   # C-GET, cached
     curl -s '$base/health/ready'
 
 TXT
-.venv/bin/ncpeh-dicomweb serve --pacs-dicomweb "$DICOMWEB_ROOT" --port "$port"
+.venv/bin/ncpeh-dicomweb serve --config "$config"

@@ -5,7 +5,12 @@ from typing import Any
 
 import pytest
 
-from ncpeh_dicomweb.config import ConfigError, load_settings, settings_from_mapping
+from ncpeh_dicomweb.config import (
+    ConfigError,
+    load_settings,
+    parse_dimse_address,
+    settings_from_mapping,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,3 +76,33 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
     broken.write_text("sites = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(broken, {})
+
+
+def test_dimse_site_settings() -> None:
+    raw = {"sites": [{"id": "r", "kind": "dimse", "host": "pacs", "called_aet": "REGPACS"}]}
+    site = settings_from_mapping(raw, {}).sites[0]
+    assert site.kind == "dimse"
+    assert (site.port, site.calling_aet, site.retrieve) == (104, "NCPEH-GW", "c-get")
+
+
+@pytest.mark.parametrize(
+    ("extra", "names"),
+    [
+        ({"called_aet": "A" * 17}, "called_aet"),
+        ({"called_aet": "BAD\\AET"}, "called_aet"),
+        ({"retrieve": "c-teleport"}, "retrieve"),
+        ({"url": "http://x"}, "url"),  # a DICOMweb key on a DIMSE site
+        ({"cache_max_bytes": 10}, "cache_max_bytes"),
+    ],
+)
+def test_bad_dimse_values_name_the_key(extra: dict[str, Any], names: str) -> None:
+    site = {"id": "r", "kind": "dimse", "host": "pacs", "called_aet": "REGPACS", **extra}
+    with pytest.raises(ConfigError, match=names):
+        settings_from_mapping({"sites": [site]}, {})
+
+
+def test_pacs_dimse_flag() -> None:
+    assert parse_dimse_address("ORTHANC@127.0.0.1:4242") == ("ORTHANC", "127.0.0.1", 4242)
+    for bad in ("ORTHANC@127.0.0.1", "127.0.0.1:4242", "@h:1", "A@h:x"):
+        with pytest.raises(ConfigError, match="pacs-dimse"):
+            parse_dimse_address(bad)

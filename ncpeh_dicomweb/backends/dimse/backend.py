@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,14 @@ from ...config import DimseSite
 from ...dicomweb.attributes import Level
 from ...dicomweb.matching import matches_all
 from ...dicomweb.media import InstanceMedia
-from ...dicomweb.query import QidoQuery, parse_qido
+from ...dicomweb.query import MatchKey, MatchKind, QidoQuery, parse_qido
 from ...errors import BackendError, BackendTimeout, GatewayError, NotFound
 from ..base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
 from ..cache import CachedInstance, InstanceCache
 from ..relational import UID_TAG, child_query, lower_keys, page, parent_uids, restrict_to
 from .contexts import GET_MODEL, MOVE_MODEL
 from .flight import Flight
-from .identifiers import answer_to_json, find_identifier
+from .identifiers import FindPlan, answer_to_json, find_identifier
 from .instances import file_chunks, metadata_of, prepared, study_and_series, with_bulk_uris
 from .operations import RetrieveOutcome, run_find, run_get, run_move
 from .pool import AssociationPool
@@ -100,33 +100,54 @@ class DimseBackend:
             return SearchResult([], tuple(warnings))
         lower = lower_keys(query)
         if lower:
-            children = await self._find(child_query(query, lower), scope)
-            parents = parent_uids(children, query.level, warnings)
-            batches = restrict_to(query, lower, parents)
-            datasets = [d for b in batches for d in await self._find(b, scope)]
-            if len(batches) > 1:
-                datasets = page(datasets, query)
+            datasets = await self._relational(query, lower, scope, warnings)
         else:
-            datasets = await self._find(query, scope)
+            datasets = await self._find(query, scope, warnings)
         for dataset in datasets:
             _add_retrieve_url(dataset, query.level, base_url)
         return SearchResult(datasets, tuple(warnings))
 
-    async def _find(self, query: QidoQuery, scope: Scope) -> list[DicomJson]:
+    async def _relational(
+        self, query: QidoQuery, lower: tuple[MatchKey, ...], scope: Scope, warnings: list[str]
+    ) -> list[DicomJson]:
+        children = await self._find(child_query(query, lower), scope, warnings)
+        batches = restrict_to(query, lower, parent_uids(children, query.level, warnings))
+        datasets = [d for b in batches for d in await self._find(b, scope, warnings)]
+        return page(datasets, query) if len(batches) > 1 else datasets
+
+    async def _find(self, query: QidoQuery, scope: Scope, warnings: list[str]) -> list[DicomJson]:
         plan = find_identifier(query, scope)
-        wanted = None
-        if not plan.gateway_keys and query.limit is not None:
-            wanted = query.offset + query.limit
-        self.counters.finds += 1
-        answers = await self._with_timeout(
-            self._site.search_timeout, "C-FIND", self._find_answers(plan.identifier, wanted)
-        )
-        datasets = [answer_to_json(a, query) for a in answers]
-        if plan.gateway_keys:
-            datasets = [d for d in datasets if matches_all(d, plan.gateway_keys)]
+        # Every answer is checked against the keys again: some SCPs (dcmqrscp) ignore keys
+        # they do not index. So cancelling after `limit` answers is only safe as a first try.
+        wanted = None if query.limit is None else query.offset + query.limit
+        answers = await self._find_once(plan.identifier, wanted)
+        datasets, unchecked = _checked([answer_to_json(a, query) for a in answers], query, plan)
+        if wanted is not None and len(answers) >= wanted and len(datasets) < wanted:
+            answers = await self._find_once(plan.identifier, None)
+            datasets, unchecked = _checked([answer_to_json(a, query) for a in answers], query, plan)
+        modalities = next((k for k in unchecked if k.path == (_MODALITIES_IN_STUDY,)), None)
+        if modalities is not None:
+            # The PACS keeps no ModalitiesInStudy: ask the series for their Modality instead.
+            return await self._relational(
+                _as_series_modality(query, modalities),
+                (_series_modality(modalities),),
+                scope,
+                warnings,
+            )
+        for key in unchecked:
+            warnings.append(
+                f"the PACS does not return {key.name}: matches on it could not be checked"
+            )
         return page(datasets, query)
 
+    async def _find_once(self, identifier: Dataset, wanted: int | None) -> list[Dataset]:
+        self.counters.finds += 1
+        return await self._with_timeout(  # type: ignore[no-any-return]
+            self._site.search_timeout, "C-FIND", self._find_answers(identifier, wanted)
+        )
+
     async def _find_answers(self, identifier: Dataset, wanted: int | None) -> list[Dataset]:
+        """One C-FIND on a pooled association (cancelled once ``wanted`` answers came)."""
         async with self._pool.lease() as assoc:
             return await self._pool.run(
                 run_find, assoc, identifier, self._message_id(), wanted, self._site.dimse_timeout
@@ -277,7 +298,7 @@ class DimseBackend:
         if target.instance:
             params.append(("SOPInstanceUID", target.instance))
         try:
-            found = await self._find(parse_qido(params, level), Scope())
+            found = await self._find(parse_qido(params, level), Scope(), [])
         except GatewayError:
             return error
         return error if found else NotFound("no such study, series or instance")
@@ -354,6 +375,42 @@ class DimseBackend:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+_MODALITIES_IN_STUDY = 0x00080061
+_MODALITY = 0x00080060
+
+
+def _checked(
+    datasets: list[DicomJson], query: QidoQuery, plan: FindPlan
+) -> tuple[list[DicomJson], list[MatchKey]]:
+    """The answers that really match, and the keys no answer carried a value to check."""
+    keys = [
+        k
+        for k in query.keys
+        if k.kind is not MatchKind.UNIVERSAL
+        and k not in plan.lower_keys
+        and not (query.fuzzymatching and k.vr == "PN")
+    ]
+    seen: set[MatchKey] = set()
+    kept = []
+    for dataset in datasets:
+        present = [k for k in keys if _first(dataset, f"{k.path[0]:08X}") is not None]
+        seen.update(present)
+        if matches_all(dataset, present):
+            kept.append(dataset)
+    unchecked = [k for k in keys if k not in seen] if datasets else []
+    return kept, unchecked
+
+
+def _series_modality(key: MatchKey) -> MatchKey:
+    return replace(key, path=(_MODALITY,))
+
+
+def _as_series_modality(query: QidoQuery, key: MatchKey) -> QidoQuery:
+    """``query`` with ModalitiesInStudy as a (relational) series-level Modality key."""
+    keys = tuple(_series_modality(k) if k == key else k for k in query.keys)
+    return replace(query, keys=keys)
 
 
 def _selects(target: Target) -> Callable[[CachedInstance], bool]:
