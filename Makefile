@@ -60,3 +60,4 @@ clean:
 # Benchmarks against the PACS reached directly, in one run (needs `make pacs-up LOAD="core large"`).
 bench: venv
 	$(PY) bench/gateway_bench.py --pacs-env $(STATE)/orthanc/env
+	$(PY) bench/dimse_bench.py --pacs-env $(STATE)/orthanc/env
