@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from gateway_bench import AS_STORED, _env, _find_large, _free_port, _timed
 from pydicom import Dataset
 from pynetdicom import AE, build_role, evt
-
-import aiohttp
 
 GET_MODEL = "1.2.840.10008.5.1.4.1.2.2.3"
 FIND_MODEL = "1.2.840.10008.5.1.4.1.2.2.1"
