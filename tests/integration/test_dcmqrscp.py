@@ -183,8 +183,8 @@ def _web_answer(
 # Where dcmqrscp answers differently, and why (evidence: findscu against the same dcmqrscp).
 _NOT_INDEXED = (
     "dcmqrscp neither matches nor returns {key}: it is not in its index (findscu {level} with "
-    "{key}={value} gets all {n} {what}, none carrying {key}); the gateway sends the key in the "
-    "C-FIND identifier and passes the answers through unchecked"
+    "{key}={value} gets all {n} {what}, none carrying {key}); the gateway cannot check the "
+    "key either, so it answers them all with a Warning (test_unchecked_key_is_reported)"
 )
 # dcmqrscp neither matches nor returns SOPClassUID at IMAGE level: the gateway cannot check
 # the key, so it answers every instance with a Warning saying so (see the test below).

@@ -55,7 +55,7 @@ CASES = [c for c in STUDY_CASES + SERIES_CASES + INSTANCE_CASES if "limit" not i
 
 
 @pytest.mark.parametrize(("name", "level", "kwargs", "direct"), CASES, ids=[c[0] for c in CASES])
-@pytest.mark.parametrize("site", ["get"])
+@pytest.mark.parametrize("site", SITES)
 def test_search_equals_dicomweb_site(
     dimse_gateway: DimseGateway,
     sample: Sample,
