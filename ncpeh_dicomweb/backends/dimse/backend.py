@@ -251,7 +251,7 @@ class DimseBackend:
 
     def _launch(self, target: Target) -> Flight:
         key = tuple(u for u in (target.study, target.series, target.instance) if u is not None)
-        flight = Flight()
+        flight = Flight(release=self._cache.unpin)
         self._flights[key] = flight
         self.counters.retrieves += 1
         task = asyncio.get_running_loop().create_task(self._fly(key, target, flight))
@@ -285,8 +285,7 @@ class DimseBackend:
             error = BackendError("the retrieve from the PACS failed")
         finally:
             self._flights.pop(key, None)
-            flight.finish(error)
-            self._cache.unpin(flight.items)
+            flight.finish(error)  # unpins the instances once no follower needs them
 
     async def _unless_unknown(self, target: Target, error: GatewayError) -> GatewayError:
         level = (

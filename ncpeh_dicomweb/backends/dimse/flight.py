@@ -18,8 +18,14 @@ __all__ = ["Flight"]
 
 
 class Flight:
-    def __init__(self) -> None:
+    """Arrived instances stay pinned in the cache (``release`` unpins them) until the retrieval
+    has ended *and* its last follower has read them: a slow client never finds a file evicted.
+    """
+
+    def __init__(self, release: Callable[[list[CachedInstance]], None]) -> None:
         self.items: list[CachedInstance] = []
+        self._release = release
+        self._released = False
         self.done = False
         self.error: GatewayError | None = None
         self.cancel = threading.Event()  # read by the DIMSE thread
@@ -43,6 +49,12 @@ class Flight:
         self.done = True
         self.error = error
         self._wake()
+        self._release_if_idle()
+
+    def _release_if_idle(self) -> None:
+        if self.done and self._followers == 0 and not self._released:
+            self._released = True
+            self._release(self.items)
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -73,6 +85,7 @@ class Flight:
             if self._followers == 0 and not self.done:
                 # Everyone who wanted it has gone: stop the PACS sending more.
                 self.abandon()
+            self._release_if_idle()
 
     def abandon(self) -> None:
         """Stop the retrieval: the DIMSE thread sees ``cancel``, the association is aborted."""
