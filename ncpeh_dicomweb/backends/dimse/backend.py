@@ -26,7 +26,14 @@ from ...dicomweb.attributes import Level
 from ...dicomweb.matching import matches_all
 from ...dicomweb.media import InstanceMedia
 from ...dicomweb.query import MatchKey, MatchKind, QidoQuery, parse_qido
-from ...errors import BackendError, BackendTimeout, GatewayError, NotFound
+from ...errors import (
+    BackendBusy,
+    BackendError,
+    BackendTimeout,
+    BackendUnreachable,
+    GatewayError,
+    NotFound,
+)
 from ..base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
 from ..cache import CachedInstance, InstanceCache
 from ..relational import UID_TAG, child_query, lower_keys, page, parent_uids, restrict_to
@@ -276,7 +283,9 @@ class DimseBackend:
                     self._cache.record_listing(target.study, target.series, members)
         except GatewayError as exc:
             error = exc
-            if not flight.items and not isinstance(exc, BackendTimeout | NotFound):
+            if not flight.items and not isinstance(
+                exc, BackendTimeout | BackendUnreachable | BackendBusy | NotFound
+            ):
                 # Some PACS (Orthanc) fail a C-GET of an unknown UID instead of sending
                 # nothing: ask whether it exists, so the client gets a 404, not a 502.
                 error = await self._unless_unknown(target, exc)

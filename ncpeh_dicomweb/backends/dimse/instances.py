@@ -36,7 +36,9 @@ def study_and_series(encoded: bytes) -> tuple[str, str]:
 
 async def file_chunks(path: Path) -> AsyncGenerator[bytes, None]:
     """A file in 1 MiB chunks, read off the event loop."""
-    handle = await asyncio.to_thread(path.open, "rb")
+    # Opened on the loop (a local open is quick): opened in a thread, a cancellation landing
+    # during the await would leave the file to the garbage collector.
+    handle = path.open("rb")
     try:
         while chunk := await asyncio.to_thread(handle.read, _CHUNK):
             yield chunk

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 
 from ...config import DimseSite
-from ...errors import BackendBusy, BackendUnreachable
+from ...errors import BackendBusy, BackendTimeout, BackendUnreachable
 from .contexts import (
     COMPRESSED,
     FIND_MODEL,
@@ -59,7 +60,8 @@ class AssociationPool:
         )
         ae = AE(ae_title=site.calling_aet)
         ae.connection_timeout = site.connect_timeout
-        ae.acse_timeout = site.connect_timeout * 2
+        self._acse_timeout = site.connect_timeout * 2
+        ae.acse_timeout = self._acse_timeout
         ae.dimse_timeout = site.dimse_timeout
         ae.network_timeout = site.dimse_timeout
         ae.maximum_pdu_size = 0  # as large as the PACS will send
@@ -149,6 +151,7 @@ class AssociationPool:
         return None
 
     def _open(self) -> Association:
+        started = time.monotonic()
         assoc = self._ae.associate(
             self._site.host,
             self._site.port,
@@ -160,6 +163,9 @@ class AssociationPool:
             return assoc
         if assoc.is_rejected:
             raise BackendUnreachable("the PACS rejected the gateway's association")
+        if time.monotonic() - started >= self._acse_timeout * 0.9:
+            # Connected, but no answer to the association request: too slow, not down.
+            raise BackendTimeout("the PACS did not answer the association request in time")
         raise BackendUnreachable("the PACS cannot be reached")
 
     def _on_store(self, event: Any) -> int:
