@@ -12,6 +12,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -19,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydicom import Dataset
 
 from ...config import DimseSite
@@ -37,7 +39,6 @@ from ...errors import (
 from ..base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
 from ..cache import CachedInstance, InstanceCache
 from ..relational import UID_TAG, child_query, lower_keys, page, parent_uids, restrict_to
-from .contexts import GET_MODEL, MOVE_MODEL
 from .flight import Flight
 from .identifiers import FindPlan, answer_to_json, find_identifier
 from .instances import file_chunks, metadata_of, prepared, study_and_series, with_bulk_uris
@@ -50,7 +51,7 @@ __all__ = ["DimseBackend", "DimseCounters"]
 
 log = logging.getLogger(__name__)
 
-_METADATA_ENTRIES = 20_000  # DICOM JSON of this many instances is kept in memory
+_METADATA_BYTES = 64 << 20  # DICOM JSON of instances kept in memory, at most
 
 
 @dataclass
@@ -84,7 +85,8 @@ class DimseBackend:
         self._tasks: set[asyncio.Task[None]] = set()
         self._message_ids = itertools.cycle(range(1, 65536))
         self._id_lock = threading.Lock()
-        self._metadata: OrderedDict[str, DicomJson] = OrderedDict()
+        self._metadata: OrderedDict[str, bytes] = OrderedDict()
+        self._metadata_bytes = 0
         self.counters = DimseCounters()
 
     @classmethod
@@ -202,21 +204,24 @@ class DimseBackend:
         out: list[DicomJson] = []
         async with aclosing(self._instances(target)) as items:
             async for item in items:
-                cached = await self.metadata_of(item)
+                cached = await self._metadata_json(item)
                 out.append(with_bulk_uris(cached, f"{base_url}/{_instance_path(item)}"))
         return out
 
-    async def metadata_of(self, item: CachedInstance) -> DicomJson:
-        """DICOM JSON of a cached instance, kept once built (bulk data as placeholders)."""
-        cached = self._metadata.get(item.sop)
-        if cached is None:
-            cached = await asyncio.to_thread(metadata_of, item.path)
-            self._metadata[item.sop] = cached
-            if len(self._metadata) > _METADATA_ENTRIES:
-                self._metadata.popitem(last=False)
+    async def _metadata_json(self, item: CachedInstance) -> DicomJson:
+        """DICOM JSON of a cached instance, kept (as JSON bytes, bounded) once built."""
+        kept = self._metadata.get(item.sop)
+        if kept is None:
+            kept = orjson.dumps(await asyncio.to_thread(metadata_of, item.path))
+            self._metadata[item.sop] = kept
+            self._metadata_bytes += len(kept)
+            while self._metadata_bytes > _METADATA_BYTES:
+                _, dropped = self._metadata.popitem(last=False)
+                self._metadata_bytes -= len(dropped)
         else:
             self._metadata.move_to_end(item.sop)
-        return cached
+        metadata: DicomJson = orjson.loads(kept)
+        return metadata
 
     async def _instances(self, target: Target) -> AsyncGenerator[CachedInstance, None]:
         """The target's instances, from the cache, or from a retrieval shared with others."""
@@ -268,22 +273,26 @@ class DimseBackend:
 
     async def _fly(self, key: tuple[str, ...], target: Target, flight: Flight) -> None:
         loop = asyncio.get_running_loop()
-        sink = _make_sink(self._cache, loop, flight, self.counters)
+        sink = _make_sink(
+            self._cache, loop, flight, self.counters, target, self._site.dimse_timeout / 2
+        )
         error: GatewayError | None = None
         try:
-            outcome = await self._with_timeout(
-                self._site.operation_timeout,
-                self._site.retrieve.upper(),
-                self._run_retrieve(target, sink, flight),
-            )
+            # No asyncio timeout here: the DIMSE thread keeps the deadline itself and cancels
+            # cleanly; cancelling the await would leave that thread running unseen.
+            outcome = await self._run_retrieve(target, sink, flight)
             error = _outcome_error(outcome, self._site.retrieve.upper())
+            if error is not None and not flight.items and flight.foreign:
+                error = NotFound("no such study, series or instance under that parent")
             if error is None and not flight.cancel.is_set() and target.instance is None:
                 members = [(i.series, i.sop) for i in flight.items if _selects(target)(i)]
                 if members:  # the study/series is now known complete: later asks skip the PACS
                     self._cache.record_listing(target.study, target.series, members)
         except GatewayError as exc:
             error = exc
-            if not flight.items and not isinstance(
+            if not flight.items and flight.foreign:
+                error = NotFound("no such study, series or instance under that parent")
+            elif not flight.items and not isinstance(
                 exc, BackendTimeout | BackendUnreachable | BackendBusy | NotFound
             ):
                 # Some PACS (Orthanc) fail a C-GET of an unknown UID instead of sending
@@ -317,37 +326,25 @@ class DimseBackend:
         identifier = _retrieve_identifier(target)
         message_id = self._message_id()
         timeout = self._site.dimse_timeout
+        deadline = time.monotonic() + self._site.operation_timeout
         if self._scp is None:
             async with self._pool.lease(sink=sink) as assoc:
-                finished = threading.Event()
-                flight.on_cancel(
-                    lambda: self._pool.cancel_soon(assoc, message_id, GET_MODEL, finished)
+                return await self._pool.run(
+                    run_get, assoc, identifier, message_id, flight.cancel, deadline, timeout
                 )
-                try:
-                    return await self._pool.run(
-                        run_get, assoc, identifier, message_id, flight.cancel, timeout
-                    )
-                finally:
-                    finished.set()
         self._scp.register(message_id, sink)
         try:
             async with self._pool.lease() as assoc:
-                finished = threading.Event()
-                flight.on_cancel(
-                    lambda: self._pool.cancel_soon(assoc, message_id, MOVE_MODEL, finished)
+                return await self._pool.run(
+                    run_move,
+                    assoc,
+                    identifier,
+                    message_id,
+                    self._site.calling_aet,
+                    flight.cancel,
+                    deadline,
+                    timeout,
                 )
-                try:
-                    return await self._pool.run(
-                        run_move,
-                        assoc,
-                        identifier,
-                        message_id,
-                        self._site.calling_aet,
-                        flight.cancel,
-                        timeout,
-                    )
-                finally:
-                    finished.set()
         finally:
             self._scp.unregister(message_id)
 
@@ -466,15 +463,27 @@ def _retrieve_identifier(target: Target) -> Dataset:
 
 
 def _make_sink(
-    cache: InstanceCache, loop: asyncio.AbstractEventLoop, flight: Flight, counters: DimseCounters
+    cache: InstanceCache,
+    loop: asyncio.AbstractEventLoop,
+    flight: Flight,
+    counters: DimseCounters,
+    target: Target,
+    room_timeout: float,
 ) -> Callable[[Any], int]:
-    """The C-STORE handler of one retrieve: raw bytes to the cache, then tell the flight."""
+    """The C-STORE handler of one retrieve: raw bytes to the cache, then tell the flight.
+
+    It answers the PACS only once the clients are less than a window behind, so a slow
+    client slows the PACS instead of filling the disk.
+    """
 
     def store(event: Any) -> int:
         if flight.cancel.is_set():
             return 0xA700  # refused: nobody wants it any more (a C-CANCEL is on its way)
         encoded = event.encoded_dataset(include_meta=True)
         study, series = study_and_series(encoded)
+        if study != target.study or (target.series is not None and series != target.series):
+            flight.foreign += 1
+            return 0xA900  # not what was asked for (wrong parent): never cached, never served
         sop = str(event.request.AffectedSOPInstanceUID)
         with cache.writer(study, series, sop, pin=True) as writer:
             writer.write(encoded)
@@ -485,6 +494,7 @@ def _make_sink(
         except RuntimeError:  # the loop is gone: the gateway is shutting down
             cache.unpin([item])
             return 0xA700
+        flight.wait_for_room(item.size, room_timeout)
         return SUCCESS
 
     return store

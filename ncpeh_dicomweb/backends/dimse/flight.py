@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable
 
 from ...errors import GatewayError
 from ..cache import CachedInstance
 
-__all__ = ["Flight"]
+__all__ = ["WINDOW", "Flight"]
+
+WINDOW = 32 << 20
+"""Bytes the PACS may run ahead of the fastest client before its C-STOREs are held back."""
 
 
 class Flight:
@@ -24,26 +28,39 @@ class Flight:
 
     def __init__(self, release: Callable[[list[CachedInstance]], None]) -> None:
         self.items: list[CachedInstance] = []
-        self._release = release
-        self._released = False
         self.done = False
         self.error: GatewayError | None = None
-        self.cancel = threading.Event()  # read by the DIMSE thread
+        self.cancel = threading.Event()  # read by the DIMSE thread: stop, C-CANCEL
+        self.foreign = 0  # instances the PACS sent that were not under the target: refused
+        self._release = release
+        self._released = False
         self._changed = asyncio.Event()
         self._followers = 0
-        self._on_cancel: Callable[[], None] | None = None
+        # back-pressure between the DIMSE thread (arrived) and the clients (read)
+        self._room = threading.Condition()
+        self._arrived = 0
+        self._read = 0
 
-    def on_cancel(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (once) when every follower has gone before the end."""
-        self._on_cancel = callback
-        if self.cancel.is_set():
-            callback()
-
-    # ------------------------------------------------------------ producer side (event loop)
+    # ------------------------------------------------------------ producer side
 
     def add(self, item: CachedInstance) -> None:
+        """(event loop) A new instance is in the cache, pinned for this flight."""
+        if self._released:  # arrived after the end (a late C-STORE): nobody will read it
+            self._release([item])
+            return
         self.items.append(item)
         self._wake()
+
+    def wait_for_room(self, size: int, timeout: float) -> None:
+        """(DIMSE thread) Hold the PACS back while the clients are a WINDOW behind."""
+        deadline = time.monotonic() + timeout
+        with self._room:
+            self._arrived += size
+            while self._arrived - self._read > WINDOW and not self.cancel.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return  # the PACS must get its answer before its own timeout
+                self._room.wait(min(remaining, 0.5))
 
     def finish(self, error: GatewayError | None = None) -> None:
         self.done = True
@@ -51,14 +68,20 @@ class Flight:
         self._wake()
         self._release_if_idle()
 
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
     def _release_if_idle(self) -> None:
         if self.done and self._followers == 0 and not self._released:
             self._released = True
             self._release(self.items)
 
-    def _wake(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+    def _progress(self, read: int) -> None:
+        with self._room:
+            if read > self._read:
+                self._read = read
+                self._room.notify_all()
 
     # ------------------------------------------------------------ consumer side
 
@@ -69,12 +92,15 @@ class Flight:
         self._followers += 1
         try:
             index = 0
+            read = 0
             while True:
                 while index < len(self.items):
                     item = self.items[index]
                     index += 1
                     if wanted(item):
                         yield item
+                    read += item.size  # the client has asked for what comes next
+                    self._progress(read)
                 if self.done:
                     if self.error is not None:
                         raise self.error
@@ -83,13 +109,11 @@ class Flight:
         finally:
             self._followers -= 1
             if self._followers == 0 and not self.done:
-                # Everyone who wanted it has gone: stop the PACS sending more.
-                self.abandon()
+                self.cancel.set()  # everyone who wanted it has gone: stop the PACS
+                self._progress(self._arrived)  # and do not keep it waiting for room
             self._release_if_idle()
 
     def abandon(self) -> None:
-        """Stop the retrieval: the DIMSE thread sees ``cancel``, the association is aborted."""
-        if not self.cancel.is_set():
-            self.cancel.set()
-            if self._on_cancel is not None:
-                self._on_cancel()
+        """Stop the retrieval (shutdown): the DIMSE thread sees ``cancel`` and C-CANCELs."""
+        self.cancel.set()
+        self._progress(self._arrived)

@@ -28,9 +28,9 @@ class RetrieveOutcome:
     warning: int
 
 
-def _no_response(started: float, timeout: float, operation: str) -> GatewayError:
+def _no_response(since: float, timeout: float, operation: str) -> GatewayError:
     # pynetdicom yields an empty status when the association was aborted or timed out.
-    if time.monotonic() - started >= timeout * 0.9:
+    if time.monotonic() - since >= timeout * 0.9:
         return BackendTimeout(f"the PACS did not answer the {operation} in time")
     return BackendError(f"the PACS broke off the {operation}")
 
@@ -60,11 +60,18 @@ def run_find(
 
 
 def run_get(
-    assoc: Association, identifier: Dataset, msg_id: int, cancel: threading.Event, timeout: float
+    assoc: Association,
+    identifier: Dataset,
+    msg_id: int,
+    cancel: threading.Event,
+    deadline: float,
+    timeout: float,
 ) -> RetrieveOutcome:
     """C-GET; instances arrive as C-STORE sub-operations on this association (C.4.3)."""
     responses = assoc.send_c_get(identifier, GET_MODEL, msg_id=msg_id)
-    return _final_outcome(responses, cancel, timeout, "C-GET")
+    return _final_outcome(
+        responses, _Canceller(assoc, msg_id, GET_MODEL), cancel, deadline, timeout, "C-GET"
+    )
 
 
 def run_move(
@@ -73,34 +80,63 @@ def run_move(
     msg_id: int,
     destination: str,
     cancel: threading.Event,
+    deadline: float,
     timeout: float,
 ) -> RetrieveOutcome:
     """C-MOVE to our own storage SCP (C.4.2); it routes what arrives by Message ID."""
     responses = assoc.send_c_move(identifier, destination, MOVE_MODEL, msg_id=msg_id)
-    return _final_outcome(responses, cancel, timeout, "C-MOVE")
+    return _final_outcome(
+        responses, _Canceller(assoc, msg_id, MOVE_MODEL), cancel, deadline, timeout, "C-MOVE"
+    )
+
+
+@dataclass(slots=True)
+class _Canceller:
+    assoc: Association
+    msg_id: int
+    model: str
+    sent: bool = False
+
+    def __call__(self) -> None:
+        if not self.sent:
+            self.sent = True
+            self.assoc.send_c_cancel(self.msg_id, query_model=self.model)
 
 
 def _final_outcome(
     responses: Iterator[tuple[Dataset, Dataset | None]],
+    send_cancel: _Canceller,
     cancel: threading.Event,
+    deadline: float,
     timeout: float,
     operation: str,
 ) -> RetrieveOutcome:
     """Wait through the pending responses for the final one (C.4.2.1.5, C.4.3.1.4).
 
-    A C-CANCEL, if any, is sent by the pool's cancel thread, not from here.
+    Cancelling (every client gone, or the operation's deadline passed) is done from this
+    thread, between responses, with a C-CANCEL (PS3.7 9.3.2.3): aborting from another thread
+    in the middle of a C-STORE can wedge pynetdicom's reactor.
     """
-    started = time.monotonic()
+    last = time.monotonic()
     final: Dataset | None = None
+    late = False
     for status, _identifier in responses:
         if "Status" not in status:
-            if cancel.is_set():
-                return RetrieveOutcome(CANCEL, 0, 0, 0)
-            raise _no_response(started, timeout, operation)
+            if cancel.is_set() or late:
+                break
+            raise _no_response(last, timeout, operation)
+        last = time.monotonic()
         if int(status.Status) not in PENDING:
             final = status
             break
+        late = late or last > deadline
+        if cancel.is_set() or late:
+            send_cancel()
+    if late:
+        raise BackendTimeout(f"the PACS did not finish the {operation} in time")
     if final is None:
+        if cancel.is_set():
+            return RetrieveOutcome(CANCEL, 0, 0, 0)
         raise BackendError(f"the PACS ended the {operation} without a final status")
     code = int(final.Status)
     outcome = RetrieveOutcome(

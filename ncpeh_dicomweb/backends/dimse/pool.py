@@ -42,14 +42,20 @@ StoreSink = Callable[[Any], int]
 
 # No association has room for another operation: wait this long for one, then 503.
 _LEASE_WAIT = 10.0
-# After a C-CANCEL, the PACS has this long to end the operation before the association is
-# aborted (an abort in the middle of a C-STORE can wedge pynetdicom's reactor thread).
-_CANCEL_GRACE = 5.0
 
 
-def _set_nodelay(event: Any) -> None:
-    # pynetdicom never sets TCP_NODELAY: without it every DIMSE exchange stalls ~40 ms.
-    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def socket_setup(read_timeout: float) -> Callable[[Any], None]:
+    """The EVT_CONN_OPEN handler every DIMSE socket of ours gets."""
+
+    def on_open(event: Any) -> None:
+        sock = event.assoc.dul.socket.socket
+        # pynetdicom never sets TCP_NODELAY: without it every DIMSE exchange stalls ~40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # ... and reads without a timeout once connected: a PACS that stops in the middle of
+        # a message would hold the reader thread (and the request) forever.
+        sock.settimeout(read_timeout)
+
+    return on_open
 
 
 class AssociationPool:
@@ -126,22 +132,6 @@ class AssociationPool:
         """
         threading.Thread(target=_abort, args=(assoc,), name="dimse-abort", daemon=True).start()
 
-    def cancel_soon(
-        self, assoc: Association, message_id: int, model: str, finished: threading.Event
-    ) -> None:
-        """C-CANCEL an operation (PS3.7 9.3.2.3); abort the association if it goes on anyway."""
-
-        def cancel() -> None:
-            try:
-                if assoc.is_established:
-                    assoc.send_c_cancel(message_id, query_model=model)
-            except Exception:
-                log.debug("C-CANCEL failed", exc_info=True)
-            if not finished.wait(_CANCEL_GRACE):
-                _abort(assoc)
-
-        threading.Thread(target=cancel, name="dimse-cancel", daemon=True).start()
-
     def _take_idle(self) -> Association | None:
         with self._lock:
             while self._idle:
@@ -157,7 +147,10 @@ class AssociationPool:
             self._site.port,
             ae_title=self._site.called_aet,
             ext_neg=self._roles,  # type: ignore[arg-type]
-            evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay), (evt.EVT_C_STORE, self._on_store)],
+            evt_handlers=[
+                (evt.EVT_CONN_OPEN, socket_setup(self._site.dimse_timeout)),
+                (evt.EVT_C_STORE, self._on_store),
+            ],
         )
         if assoc.is_established:
             return assoc
@@ -181,7 +174,9 @@ class AssociationPool:
             idle, self._idle = self._idle, []
         for assoc in idle:
             await self.run(_release, assoc)
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # Not wait=True: a thread stuck on a dead PACS must not hold the process (its socket
+        # read times out on its own).
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _release(assoc: Association) -> None:

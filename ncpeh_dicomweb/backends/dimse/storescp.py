@@ -7,6 +7,7 @@ Originator AE Title and Message ID (PS3.7 9.1.1.1), so concurrent moves never mi
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from typing import Any
 
@@ -15,7 +16,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from ...config import DimseSite
 from .contexts import COMPRESSED, STORAGE_CLASSES, UNCOMPRESSED
-from .pool import StoreSink, _set_nodelay
+from .pool import StoreSink, socket_setup
 
 __all__ = ["StorageSCP"]
 
@@ -37,12 +38,17 @@ class StorageSCP:
         ae.maximum_pdu_size = 0
         ae.dimse_timeout = self._site.dimse_timeout
         ae.network_timeout = self._site.dimse_timeout
+        # Only the PACS we move from may store here: anyone else could plant instances.
+        ae.require_calling_aet = [self._site.called_aet]
         for storage in STORAGE_CLASSES:
             ae.add_supported_context(storage, [*UNCOMPRESSED, *COMPRESSED])
         self._server = ae.start_server(
             (self._site.store_host, self._site.store_port),
             block=False,
-            evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay), (evt.EVT_C_STORE, self._on_store)],
+            evt_handlers=[
+                (evt.EVT_CONN_OPEN, socket_setup(self._site.dimse_timeout)),
+                (evt.EVT_C_STORE, self._on_store),
+            ],
         )
 
     def register(self, message_id: int, sink: StoreSink) -> None:
@@ -57,11 +63,13 @@ class StorageSCP:
         request = event.request
         originator = str(getattr(request, "MoveOriginatorApplicationEntityTitle", "") or "").strip()
         message_id = getattr(request, "MoveOriginatorMessageID", None)
+        if event.assoc.requestor.address != self._site.host and not _same_host(
+            event.assoc.requestor.address, self._site.host
+        ):
+            log.warning("C-STORE from a host that is not the PACS refused")
+            return _NOT_EXPECTED
         with self._lock:
             sink = self._routes.get((originator, int(message_id))) if message_id else None
-            if sink is None and len(self._routes) == 1 and not message_id:
-                # A PACS that leaves out the Move Originator: only one move can be meant.
-                sink = next(iter(self._routes.values()))
         if sink is None:
             log.warning(
                 "C-STORE for no pending C-MOVE (originator %r, id %r)", originator, message_id
@@ -77,3 +85,11 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+
+def _same_host(address: str, host: str) -> bool:
+    """True if ``address`` (the peer's IP) is one of ``host``'s addresses."""
+    try:
+        return address in {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
