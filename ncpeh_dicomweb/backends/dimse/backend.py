@@ -39,10 +39,11 @@ from ...errors import (
 from ..base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
 from ..cache import CachedInstance, InstanceCache
 from ..relational import UID_TAG, child_query, lower_keys, page, parent_uids, restrict_to
+from .contexts import GET_MODEL, MOVE_MODEL
 from .flight import Flight
 from .identifiers import FindPlan, answer_to_json, find_identifier
 from .instances import file_chunks, metadata_of, prepared, study_and_series, with_bulk_uris
-from .operations import RetrieveOutcome, run_find, run_get, run_move
+from .operations import Canceller, RetrieveOutcome, run_find, run_get, run_move
 from .pool import AssociationPool
 from .status import CANCEL, SUCCESS, error_for_status
 from .storescp import StorageSCP
@@ -329,17 +330,20 @@ class DimseBackend:
         deadline = time.monotonic() + self._site.operation_timeout
         if self._scp is None:
             async with self._pool.lease(sink=sink) as assoc:
+                canceller = Canceller(assoc, message_id, GET_MODEL)
+                flight.on_cancel(canceller.soon)
                 return await self._pool.run(
-                    run_get, assoc, identifier, message_id, flight.cancel, deadline, timeout
+                    run_get, canceller, identifier, flight.cancel, deadline, timeout
                 )
         self._scp.register(message_id, sink)
         try:
             async with self._pool.lease() as assoc:
+                canceller = Canceller(assoc, message_id, MOVE_MODEL)
+                flight.on_cancel(canceller.soon)
                 return await self._pool.run(
                     run_move,
-                    assoc,
+                    canceller,
                     identifier,
-                    message_id,
                     self._site.calling_aet,
                     flight.cancel,
                     deadline,

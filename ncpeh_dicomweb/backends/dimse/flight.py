@@ -34,12 +34,19 @@ class Flight:
         self.foreign = 0  # instances the PACS sent that were not under the target: refused
         self._release = release
         self._released = False
+        self._on_cancel: Callable[[], None] | None = None
         self._changed = asyncio.Event()
         self._followers = 0
         # back-pressure between the DIMSE thread (arrived) and the clients (read)
         self._room = threading.Condition()
         self._arrived = 0
         self._read = 0
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (the C-CANCEL) as soon as the flight is cancelled."""
+        self._on_cancel = callback
+        if self.cancel.is_set():
+            callback()
 
     # ------------------------------------------------------------ producer side
 
@@ -109,11 +116,14 @@ class Flight:
         finally:
             self._followers -= 1
             if self._followers == 0 and not self.done:
-                self.cancel.set()  # everyone who wanted it has gone: stop the PACS
-                self._progress(self._arrived)  # and do not keep it waiting for room
+                self.abandon()  # everyone who wanted it has gone: stop the PACS
             self._release_if_idle()
 
     def abandon(self) -> None:
-        """Stop the retrieval (shutdown): the DIMSE thread sees ``cancel`` and C-CANCELs."""
+        """Stop the retrieval: C-CANCEL now, refuse what still comes, never make it wait."""
+        if self.cancel.is_set():
+            return
         self.cancel.set()
         self._progress(self._arrived)
+        if self._on_cancel is not None:
+            self._on_cancel()

@@ -5,10 +5,11 @@ Each returns plain data or raises one of our errors; nothing here touches the ev
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydicom import Dataset
 from pynetdicom.association import Association
@@ -17,7 +18,9 @@ from ...errors import BackendError, BackendTimeout, GatewayError
 from .contexts import FIND_MODEL, GET_MODEL, MOVE_MODEL
 from .status import CANCEL, PENDING, SUCCESS, error_for_status, is_failure
 
-__all__ = ["RetrieveOutcome", "run_find", "run_get", "run_move"]
+__all__ = ["Canceller", "RetrieveOutcome", "run_find", "run_get", "run_move"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,52 +63,63 @@ def run_find(
 
 
 def run_get(
-    assoc: Association,
+    canceller: Canceller,
     identifier: Dataset,
-    msg_id: int,
     cancel: threading.Event,
     deadline: float,
     timeout: float,
 ) -> RetrieveOutcome:
     """C-GET; instances arrive as C-STORE sub-operations on this association (C.4.3)."""
-    responses = assoc.send_c_get(identifier, GET_MODEL, msg_id=msg_id)
-    return _final_outcome(
-        responses, _Canceller(assoc, msg_id, GET_MODEL), cancel, deadline, timeout, "C-GET"
-    )
+    responses = canceller.assoc.send_c_get(identifier, GET_MODEL, msg_id=canceller.msg_id)
+    return _final_outcome(responses, canceller, cancel, deadline, timeout, "C-GET")
 
 
 def run_move(
-    assoc: Association,
+    canceller: Canceller,
     identifier: Dataset,
-    msg_id: int,
     destination: str,
     cancel: threading.Event,
     deadline: float,
     timeout: float,
 ) -> RetrieveOutcome:
     """C-MOVE to our own storage SCP (C.4.2); it routes what arrives by Message ID."""
-    responses = assoc.send_c_move(identifier, destination, MOVE_MODEL, msg_id=msg_id)
-    return _final_outcome(
-        responses, _Canceller(assoc, msg_id, MOVE_MODEL), cancel, deadline, timeout, "C-MOVE"
+    responses = canceller.assoc.send_c_move(
+        identifier, destination, MOVE_MODEL, msg_id=canceller.msg_id
     )
+    return _final_outcome(responses, canceller, cancel, deadline, timeout, "C-MOVE")
 
 
 @dataclass(slots=True)
-class _Canceller:
+class Canceller:
+    """Sends the one C-CANCEL (PS3.7 9.3.2.3) of a C-GET/C-MOVE, from whichever thread first.
+
+    Never an A-ABORT: an abort landing in the middle of a C-STORE wedges pynetdicom's reactor.
+    """
+
     assoc: Association
     msg_id: int
     model: str
     sent: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self) -> None:
-        if not self.sent:
+        with self._lock:
+            if self.sent or not self.assoc.is_established:
+                return
             self.sent = True
+        try:
             self.assoc.send_c_cancel(self.msg_id, query_model=self.model)
+        except Exception:  # the association went away meanwhile: nothing left to cancel
+            log.debug("C-CANCEL failed", exc_info=True)
+
+    def soon(self) -> None:
+        """Cancel from a short-lived thread: the caller (the event loop) must not block."""
+        threading.Thread(target=self, name="dimse-cancel", daemon=True).start()
 
 
 def _final_outcome(
     responses: Iterator[tuple[Dataset, Dataset | None]],
-    send_cancel: _Canceller,
+    send_cancel: Canceller,
     cancel: threading.Event,
     deadline: float,
     timeout: float,
