@@ -160,7 +160,7 @@ class DimseBackend:
         """One C-FIND on a pooled association (cancelled once ``wanted`` answers came)."""
         async with self._pool.lease() as assoc:
             return await self._pool.run(
-                run_find, assoc, identifier, self._message_id(), wanted, self._site.dimse_timeout
+                run_find, assoc, identifier, self._message_id(), wanted, self._site.search_timeout
             )
 
     async def _with_timeout(self, seconds: float, what: str, work: Any) -> Any:

@@ -41,13 +41,20 @@ def _no_response(since: float, timeout: float, operation: str) -> GatewayError:
 def run_find(
     assoc: Association, identifier: Dataset, msg_id: int, limit: int | None, timeout: float
 ) -> list[Dataset]:
-    """C-FIND; once ``limit`` matches have come, C-CANCEL the rest (PS3.4 C.4.1.2.3)."""
+    """C-FIND; once ``limit`` matches have come, C-CANCEL the rest (PS3.4 C.4.1.2.3).
+
+    ``timeout`` bounds the whole search: it is also the association's wait for each answer,
+    so a silent PACS frees this thread when the search is given up, not later.
+    """
     matches: list[Dataset] = []
     cancelled = False
     started = time.monotonic()
+    assoc.dimse_timeout = timeout
     for status, answer in assoc.send_c_find(identifier, FIND_MODEL, msg_id=msg_id):
         if "Status" not in status:
             raise _no_response(started, timeout, "C-FIND")
+        if time.monotonic() - started > timeout:
+            raise BackendTimeout("the PACS did not finish the C-FIND in time")
         code = int(status.Status)
         if code in PENDING:
             if answer is not None and not cancelled:
@@ -70,6 +77,7 @@ def run_get(
     timeout: float,
 ) -> RetrieveOutcome:
     """C-GET; instances arrive as C-STORE sub-operations on this association (C.4.3)."""
+    canceller.assoc.dimse_timeout = timeout  # a C-FIND may have left it shorter
     responses = canceller.assoc.send_c_get(identifier, GET_MODEL, msg_id=canceller.msg_id)
     return _final_outcome(responses, canceller, cancel, deadline, timeout, "C-GET")
 
@@ -83,6 +91,7 @@ def run_move(
     timeout: float,
 ) -> RetrieveOutcome:
     """C-MOVE to our own storage SCP (C.4.2); it routes what arrives by Message ID."""
+    canceller.assoc.dimse_timeout = timeout  # a C-FIND may have left it shorter
     responses = canceller.assoc.send_c_move(
         identifier, destination, MOVE_MODEL, msg_id=canceller.msg_id
     )

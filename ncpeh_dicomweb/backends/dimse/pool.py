@@ -154,6 +154,7 @@ class AssociationPool:
         )
         if assoc.is_established:
             return assoc
+        _close_socket(assoc)
         if assoc.is_rejected:
             raise BackendUnreachable("the PACS rejected the gateway's association")
         if time.monotonic() - started >= self._acse_timeout * 0.9:
@@ -177,6 +178,14 @@ class AssociationPool:
         # Not wait=True: a thread stuck on a dead PACS must not hold the process (its socket
         # read times out on its own).
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _close_socket(assoc: Association) -> None:
+    # pynetdicom 3.0.4 skips close() when shutdown() fails (ENOTCONN after a refused
+    # connect), leaving the socket to the garbage collector.
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if isinstance(sock, socket.socket):
+        sock.close()
 
 
 def _release(assoc: Association) -> None:
