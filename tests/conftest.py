@@ -143,36 +143,12 @@ url = "{pacs.dicomweb_root}"
 """
     )
     log = work / "gateway.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ncpeh_dicomweb.cli", "serve", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{url}/health/live", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"gateway did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
+    proc = start_gateway(config, log, url)
     try:
         yield Gateway(url=url, pid=proc.pid, log=log)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        text = log.read_text()
-        assert "Traceback" not in text, f"gateway logged a traceback:\n{text[-3000:]}"
+        stop_gateway(proc, log)
 
 
 # ---------------------------------------------------------------------- DIMSE sites
@@ -193,6 +169,7 @@ class DimseGateway:
 
 
 def start_gateway(config: Path, log: Path, url: str) -> subprocess.Popen[bytes]:
+    """The gateway's console script in its own process; returns once it answers."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ncpeh_dicomweb.cli", "serve", "--config", str(config)],
@@ -214,6 +191,7 @@ def start_gateway(config: Path, log: Path, url: str) -> subprocess.Popen[bytes]:
 
 
 def stop_gateway(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Ctrl-C it, and fail if it ever logged a traceback."""
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(timeout=15)

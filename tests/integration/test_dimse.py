@@ -16,7 +16,7 @@ from tests.conftest import DimseGateway, Pacs
 from tests.integration.multipart_split import split_multipart
 from tests.integration.test_qido import INSTANCE_CASES, SERIES_CASES, STUDY_CASES, Sample, _search
 from tests.integration.test_qido import sample as sample
-from tests.integration.util import pacs_json
+from tests.integration.util import pacs_json, reset_peak_rss, status_kb
 
 pytestmark = pytest.mark.integration
 
@@ -210,21 +210,14 @@ def _large(pacs: Pacs) -> str:
     return str(found[0]["0020000D"]["Value"][0])
 
 
-def _status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(field)
-
-
 @pytest.mark.parametrize("site", SITES)
 def test_large_study_streams_as_it_arrives(
     dimse_gateway: DimseGateway, pacs: Pacs, site: str
 ) -> None:
     """The first part reaches the client long before the last instance leaves the PACS."""
     study = _large(pacs)
-    before_kb = _status_kb(dimse_gateway.pid, "VmRSS")
-    Path(f"/proc/{dimse_gateway.pid}/clear_refs").write_text("5")
+    before_kb = status_kb(dimse_gateway.pid, "VmRSS")
+    reset_peak_rss(dimse_gateway.pid)
     started = time.monotonic()
     first = None
     total = 0
@@ -240,7 +233,7 @@ def test_large_study_streams_as_it_arrives(
                 first = time.monotonic() - started
             total += len(chunk)
     elapsed = time.monotonic() - started
-    growth_mb = (_status_kb(dimse_gateway.pid, "VmHWM") - before_kb) / 1024
+    growth_mb = (status_kb(dimse_gateway.pid, "VmHWM") - before_kb) / 1024
     print(
         f"\n{site}: {total / MB:.0f} MB, first bytes after {first:.2f} s of {elapsed:.2f} s; "
         f"peak RSS growth {growth_mb:.1f} MB"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -12,7 +11,7 @@ import requests
 
 from ncpeh_dicomweb.dicomweb import multipart
 from tests.conftest import Gateway, Pacs
-from tests.integration.util import pacs_json
+from tests.integration.util import pacs_json, reset_peak_rss, status_kb
 
 pytestmark = pytest.mark.integration
 
@@ -25,18 +24,6 @@ def large_study(pacs: Pacs) -> str:
     found = pacs_json(pacs, "studies", "PatientID=LARGE-CT-1")
     assert len(found) == 1, "the large CT study must be loaded (--load large)"
     return str(found[0]["0020000D"]["Value"][0])
-
-
-def _status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(field)
-
-
-def _reset_peak(pid: int) -> None:
-    # Writing 5 to clear_refs resets VmHWM (peak RSS) to the current RSS (Linux >= 4.0).
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def _part_digests(response: requests.Response, *, pause_every: int = 0) -> tuple[list[str], int]:
@@ -73,8 +60,8 @@ def test_large_study_streams_with_flat_memory(
         want, direct_bytes = _part_digests(direct)
     assert direct_bytes >= 200 * MB, f"study is only {direct_bytes / MB:.0f} MB"
 
-    before_kb = _status_kb(gateway.pid, "VmRSS")
-    _reset_peak(gateway.pid)
+    before_kb = status_kb(gateway.pid, "VmRSS")
+    reset_peak_rss(gateway.pid)
     started = time.monotonic()
     with requests.get(
         f"{gateway.dicomweb}/studies/{large_study}",
@@ -85,7 +72,7 @@ def test_large_study_streams_with_flat_memory(
         assert response.status_code == 200
         got, total = _part_digests(response)
     seconds = time.monotonic() - started
-    growth_mb = (_status_kb(gateway.pid, "VmHWM") - before_kb) / 1024
+    growth_mb = (status_kb(gateway.pid, "VmHWM") - before_kb) / 1024
     print(
         f"\nlarge study: {total / MB:.0f} MB, {len(got)} instances in {seconds:.1f} s "
         f"({total / MB / seconds:.0f} MB/s); gateway peak RSS growth {growth_mb:.1f} MB"
@@ -98,8 +85,8 @@ def test_large_study_streams_with_flat_memory(
 
 def test_slow_client_does_not_fill_gateway_memory(gateway: Gateway, large_study: str) -> None:
     """Back-pressure: a client that reads slowly holds the PACS back, not gateway RAM."""
-    before_kb = _status_kb(gateway.pid, "VmRSS")
-    _reset_peak(gateway.pid)
+    before_kb = status_kb(gateway.pid, "VmRSS")
+    reset_peak_rss(gateway.pid)
     with requests.get(
         f"{gateway.dicomweb}/studies/{large_study}",
         headers={"Accept": AS_STORED},
@@ -112,7 +99,7 @@ def test_slow_client_does_not_fill_gateway_memory(gateway: Gateway, large_study:
             time.sleep(0.01)  # ~25 MB/s, far slower than the PACS sends
             if read >= 40 * MB:
                 break
-    growth_mb = (_status_kb(gateway.pid, "VmHWM") - before_kb) / 1024
+    growth_mb = (status_kb(gateway.pid, "VmHWM") - before_kb) / 1024
     assert growth_mb < 40, f"gateway buffered {growth_mb:.0f} MB for a slow client"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,3 +39,16 @@ def uids(datasets: list[dict[str, Any]], tag: str) -> list[str]:
 
 def gateway_root(gateway: Gateway, site: str | None = None) -> str:
     return gateway.dicomweb if site is None else f"{gateway.url}/site/{site}/dicom-web"
+
+
+def status_kb(pid: int, field: str) -> int:
+    """A /proc/PID/status figure in kB (VmRSS: resident now, VmHWM: its peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for pid {pid}")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Writing 5 to clear_refs resets VmHWM (peak RSS) to the current RSS (Linux >= 4.0)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
