@@ -43,7 +43,7 @@ from .contexts import GET_MODEL, MOVE_MODEL
 from .flight import Flight
 from .identifiers import FindPlan, answer_to_json, find_identifier
 from .instances import file_chunks, metadata_of, prepared, study_and_series, with_bulk_uris
-from .operations import Canceller, RetrieveOutcome, run_find, run_get, run_move
+from .operations import Canceller, FindOutcome, RetrieveOutcome, run_find, run_get, run_move
 from .pool import AssociationPool
 from .status import CANCEL, SUCCESS, error_for_status
 from .storescp import StorageSCP
@@ -130,11 +130,17 @@ class DimseBackend:
         # Every answer is checked against the keys again: some SCPs (dcmqrscp) ignore keys
         # they do not index. So cancelling after `limit` answers is only safe as a first try.
         wanted = None if query.limit is None else query.offset + query.limit
-        answers = await self._find_once(plan.identifier, wanted)
-        datasets, unchecked = _checked([answer_to_json(a, query) for a in answers], query, plan)
-        if wanted is not None and len(answers) >= wanted and len(datasets) < wanted:
-            answers = await self._find_once(plan.identifier, None)
-            datasets, unchecked = _checked([answer_to_json(a, query) for a in answers], query, plan)
+        found = await self._find_once(plan.identifier, wanted)
+        datasets, unchecked = _checked(
+            [answer_to_json(a, query) for a in found.matches], query, plan
+        )
+        if wanted is not None and len(found.matches) >= wanted and len(datasets) < wanted:
+            found = await self._find_once(plan.identifier, None)
+            datasets, unchecked = _checked(
+                [answer_to_json(a, query) for a in found.matches], query, plan
+            )
+        if found.warning is not None:
+            warnings.append(found.warning)
         modalities = next((k for k in unchecked if k.path == (_MODALITIES_IN_STUDY,)), None)
         if modalities is not None:
             # The PACS keeps no ModalitiesInStudy: ask the series for their Modality instead.
@@ -150,13 +156,13 @@ class DimseBackend:
             )
         return page(datasets, query)
 
-    async def _find_once(self, identifier: Dataset, wanted: int | None) -> list[Dataset]:
+    async def _find_once(self, identifier: Dataset, wanted: int | None) -> FindOutcome:
         self.counters.finds += 1
         return await self._with_timeout(  # type: ignore[no-any-return]
             self._site.search_timeout, "C-FIND", self._find_answers(identifier, wanted)
         )
 
-    async def _find_answers(self, identifier: Dataset, wanted: int | None) -> list[Dataset]:
+    async def _find_answers(self, identifier: Dataset, wanted: int | None) -> FindOutcome:
         """One C-FIND on a pooled association (cancelled once ``wanted`` answers came)."""
         async with self._pool.lease() as assoc:
             return await self._pool.run(

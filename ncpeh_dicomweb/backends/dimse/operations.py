@@ -18,7 +18,7 @@ from ...errors import BackendError, BackendTimeout, GatewayError
 from .contexts import FIND_MODEL, GET_MODEL, MOVE_MODEL
 from .status import CANCEL, PENDING, SUCCESS, error_for_status, is_failure
 
-__all__ = ["Canceller", "RetrieveOutcome", "run_find", "run_get", "run_move"]
+__all__ = ["Canceller", "FindOutcome", "RetrieveOutcome", "run_find", "run_get", "run_move"]
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,15 @@ def _no_response(since: float, timeout: float, operation: str) -> GatewayError:
     return BackendError(f"the PACS broke off the {operation}")
 
 
+@dataclass(frozen=True, slots=True)
+class FindOutcome:
+    matches: list[Dataset]
+    warning: str | None = None  # a final Warning status (0xBxxx): matches, but not all
+
+
 def run_find(
     assoc: Association, identifier: Dataset, msg_id: int, limit: int | None, timeout: float
-) -> list[Dataset]:
+) -> FindOutcome:
     """C-FIND; once ``limit`` matches have come, C-CANCEL the rest (PS3.4 C.4.1.2.3).
 
     ``timeout`` bounds the whole search: it is also the association's wait for each answer,
@@ -65,8 +71,10 @@ def run_find(
             continue
         if code in (SUCCESS, CANCEL):
             break
+        if code >> 12 == 0xB:  # e.g. 0xB001: matching reached the PACS's response limit
+            return FindOutcome(matches, f"the PACS ended the search with warning 0x{code:04X}")
         raise error_for_status(code, "C-FIND")
-    return matches
+    return FindOutcome(matches)
 
 
 def run_get(
