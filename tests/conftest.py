@@ -168,6 +168,54 @@ class DimseGateway:
         return f"{self.url}/site/{site}/dicom-web"
 
 
+def write_dimse_config(
+    work: Path,
+    port: int,
+    web_root: str,
+    *,
+    dimse_port: int,
+    dimse_aet: str,
+    prefix: str,
+    get_aets: tuple[str, str],
+    move_aets: tuple[str, str],
+    store_ports: tuple[int, int],
+) -> Path:
+    """A gateway config: site "web" (the Orthanc DICOMweb root, for comparison) and four DIMSE
+    sites on one PACS: {prefix}get, {prefix}move, and -nocache twins whose cache is too small to
+    keep a study (every retrieve goes to the PACS)."""
+    sites = [f'[[sites]]\nid = "web"\nurl = "{web_root}"']
+    variants = [
+        ("get", "c-get", get_aets[0], None, False),
+        ("move", "c-move", move_aets[0], store_ports[0], False),
+        ("get-nocache", "c-get", get_aets[1], None, True),
+        ("move-nocache", "c-move", move_aets[1], store_ports[1], True),
+    ]
+    for name, method, aet, store_port, small in variants:
+        site = prefix + name
+        lines = [
+            "[[sites]]",
+            f'id = "{site}"',
+            'kind = "dimse"',
+            'host = "127.0.0.1"',
+            f"port = {dimse_port}",
+            f'called_aet = "{dimse_aet}"',
+            f'calling_aet = "{aet}"',
+            f'retrieve = "{method}"',
+            f'cache_dir = "{work / ("cache-" + site)}"',
+        ]
+        if store_port is not None:
+            lines.append(f"store_port = {store_port}")
+        if small:
+            lines.append("cache_max_bytes = 1048576")
+        sites.append("\n".join(lines))
+    config = work / "gateway.toml"
+    config.write_text(
+        f'public_url = "http://127.0.0.1:{port}"\ndefault_site = "web"\n'
+        f"[server]\nport = {port}\n" + "\n".join(sites) + "\n"
+    )
+    return config
+
+
 def start_gateway(config: Path, log: Path, url: str) -> subprocess.Popen[bytes]:
     """The gateway's console script in its own process; returns once it answers."""
     with log.open("wb") as out:
@@ -214,50 +262,16 @@ def dimse_gateway(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Itera
             timeout=10,
         )
         assert registered.status_code == 200, registered.text
-    dimse = f'host = "127.0.0.1"\nport = {pacs.dicom_port}\ncalled_aet = "{pacs.aet}"'
-    config = work / "gateway.toml"
-    config.write_text(
-        f"""
-public_url = "http://127.0.0.1:{port}"
-default_site = "web"
-[server]
-port = {port}
-[[sites]]
-id = "web"
-url = "{pacs.dicomweb_root}"
-[[sites]]
-id = "get"
-kind = "dimse"
-{dimse}
-calling_aet = "NCPEH-GET"
-retrieve = "c-get"
-cache_dir = "{work / "cache-get"}"
-[[sites]]
-id = "move"
-kind = "dimse"
-{dimse}
-calling_aet = "{MOVE_AET}"
-retrieve = "c-move"
-store_port = {store_port}
-cache_dir = "{work / "cache-move"}"
-[[sites]]
-id = "get-nocache"   # a cache too small to keep a study: every retrieve goes to the PACS
-kind = "dimse"
-{dimse}
-calling_aet = "NCPEH-GET2"
-retrieve = "c-get"
-cache_dir = "{work / "cache-get-nocache"}"
-cache_max_bytes = 1048576
-[[sites]]
-id = "move-nocache"
-kind = "dimse"
-{dimse}
-calling_aet = "{MOVE_AET}2"
-retrieve = "c-move"
-store_port = {store_port2}
-cache_dir = "{work / "cache-move-nocache"}"
-cache_max_bytes = 1048576
-"""
+    config = write_dimse_config(
+        work,
+        port,
+        pacs.dicomweb_root,
+        dimse_port=pacs.dicom_port,
+        dimse_aet=pacs.aet,
+        prefix="",
+        get_aets=("NCPEH-GET", "NCPEH-GET2"),
+        move_aets=(MOVE_AET, f"{MOVE_AET}2"),
+        store_ports=(store_port, store_port2),
     )
     log = work / "gateway.log"
     url = f"http://127.0.0.1:{port}"

@@ -21,7 +21,15 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
-from tests.conftest import ROOT, Pacs, _read_env, free_port, start_gateway, stop_gateway
+from tests.conftest import (
+    ROOT,
+    Pacs,
+    _read_env,
+    free_port,
+    start_gateway,
+    stop_gateway,
+    write_dimse_config,
+)
 from tests.integration.test_dimse import (
     AS_STORED,
     _after_meta,
@@ -106,50 +114,16 @@ def qr(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[QrGatew
     try:
         assert started.returncode == 0, f"dcmqrscp.sh start failed:\n{started.stderr[-3000:]}"
         env = _read_env(qr_dir / "env")
-        dimse = f'host = "127.0.0.1"\nport = {env["DCMQRSCP_PORT"]}\ncalled_aet = "{QR_AET}"'
-        config = work / "gateway.toml"
-        config.write_text(
-            f"""
-public_url = "http://127.0.0.1:{port}"
-default_site = "web"
-[server]
-port = {port}
-[[sites]]
-id = "web"
-url = "{pacs.dicomweb_root}"
-[[sites]]
-id = "qrget"
-kind = "dimse"
-{dimse}
-calling_aet = "NCPEH-QRGET"
-retrieve = "c-get"
-cache_dir = "{work / "cache-qrget"}"
-[[sites]]
-id = "qrmove"
-kind = "dimse"
-{dimse}
-calling_aet = "{MOVE_AET}"
-retrieve = "c-move"
-store_port = {store_port}
-cache_dir = "{work / "cache-qrmove"}"
-[[sites]]
-id = "qrget-nocache"   # too small to keep a listing: every retrieve goes to dcmqrscp
-kind = "dimse"
-{dimse}
-calling_aet = "NCPEH-QRGET2"
-retrieve = "c-get"
-cache_dir = "{work / "cache-qrget-nocache"}"
-cache_max_bytes = 1048576
-[[sites]]
-id = "qrmove-nocache"
-kind = "dimse"
-{dimse}
-calling_aet = "{MOVE_AET2}"
-retrieve = "c-move"
-store_port = {store_port2}
-cache_dir = "{work / "cache-qrmove-nocache"}"
-cache_max_bytes = 1048576
-"""
+        config = write_dimse_config(
+            work,
+            port,
+            pacs.dicomweb_root,
+            dimse_port=int(env["DCMQRSCP_PORT"]),
+            dimse_aet=QR_AET,
+            prefix="qr",
+            get_aets=("NCPEH-QRGET", "NCPEH-QRGET2"),
+            move_aets=(MOVE_AET, MOVE_AET2),
+            store_ports=(store_port, store_port2),
         )
         log = work / "gateway.log"
         url = f"http://127.0.0.1:{port}"
