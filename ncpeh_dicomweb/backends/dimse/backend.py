@@ -94,10 +94,6 @@ class DimseBackend:
     def create(cls, site: DimseSite) -> DimseBackend:
         return cls(site)
 
-    @property
-    def cache(self) -> InstanceCache:
-        return self._cache
-
     def _message_id(self) -> int:
         with self._id_lock:
             return next(self._message_ids)
@@ -158,9 +154,12 @@ class DimseBackend:
 
     async def _find_once(self, identifier: Dataset, wanted: int | None) -> FindOutcome:
         self.counters.finds += 1
-        return await self._with_timeout(  # type: ignore[no-any-return]
-            self._site.search_timeout, "C-FIND", self._find_answers(identifier, wanted)
-        )
+        try:
+            return await asyncio.wait_for(
+                self._find_answers(identifier, wanted), self._site.search_timeout
+            )
+        except TimeoutError:
+            raise BackendTimeout("the PACS did not finish the C-FIND in time") from None
 
     async def _find_answers(self, identifier: Dataset, wanted: int | None) -> FindOutcome:
         """One C-FIND on a pooled association (cancelled once ``wanted`` answers came)."""
@@ -168,12 +167,6 @@ class DimseBackend:
             return await self._pool.run(
                 run_find, assoc, identifier, self._message_id(), wanted, self._site.search_timeout
             )
-
-    async def _with_timeout(self, seconds: float, what: str, work: Any) -> Any:
-        try:
-            return await asyncio.wait_for(work, seconds)
-        except TimeoutError:
-            raise BackendTimeout(f"the PACS did not finish the {what} in time") from None
 
     # ------------------------------------------------------------------ retrieve
 

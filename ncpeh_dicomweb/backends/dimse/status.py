@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...errors import BackendBusy, BackendError, GatewayError, NotFound, warning_value
+from ...errors import BackendBusy, BackendError, GatewayError, warning_value
 
 __all__ = ["CANCEL", "PENDING", "SUCCESS", "WARNING_SUBOPS", "error_for_status", "is_failure"]
 
@@ -51,7 +51,3 @@ def error_for_status(status: int, operation: str) -> GatewayError:
     if cls is BackendBusy:
         headers["Retry-After"] = "5"
     return cls(f"the PACS: {text}", detail={"dimse_status": f"0x{status:04X}"}, headers=headers)
-
-
-def not_found(what: str) -> NotFound:
-    return NotFound(f"no such {what}")
