@@ -1,0 +1,52 @@
+"""A bounded process pool for pixel work (decode, transcode, render).
+
+Codecs hold the GIL and can take seconds on a large image: in worker processes they never
+stall the event loop. At most ``workers`` jobs run and at most ``queue`` more wait; a request
+beyond that waits for a slot, so a burst of renders cannot grow memory without bound.
+Workers are started by ``forkserver``: forking a process that runs pynetdicom threads could
+copy a held lock into the child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+__all__ = ["ImagingPool"]
+
+T = TypeVar("T")
+
+# A worker is replaced after this many jobs: codec libraries that leak cannot grow a worker.
+_JOBS_PER_WORKER = 500
+
+
+class ImagingPool:
+    def __init__(self, workers: int, queue: int) -> None:
+        self._executor: ProcessPoolExecutor | None = None
+        self._workers = max(1, workers)
+        self._slots = asyncio.Semaphore(self._workers + max(0, queue))
+        self.jobs = 0
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` in a worker process (``fn`` and ``args`` must pickle)."""
+        async with self._slots:
+            loop = asyncio.get_running_loop()
+            self.jobs += 1
+            return await loop.run_in_executor(self._pool(), fn, *args)
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:  # started on first use: most requests need no pixels
+            self._executor = ProcessPoolExecutor(
+                self._workers,
+                mp_context=multiprocessing.get_context("forkserver"),
+                max_tasks_per_child=_JOBS_PER_WORKER,
+            )
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
