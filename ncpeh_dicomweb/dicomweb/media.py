@@ -2,268 +2,91 @@
 
 References: RFC 9110 section 12.5.1 (Accept, quality values, specificity) and DICOM PS3.18
 section 8.7 (media types; 8.7.3 the DICOM media types and their ``transfer-syntax``
-parameter; 8.7.3.5 their syntax) and section 10.4 (Retrieve transaction, Table 10.4.4-1).
+parameter; 8.7.3.5 their syntax; 8.7.4 rendered media types; 8.7.5 media types per resource)
+and section 10.4 (Retrieve transaction: 10.4.1.1.3 rendered, 10.4.1.1.4 frames, 10.4.1.1.5
+bulk data).
+
+One mechanism: each resource lists the representations it can produce as :class:`Offer` rows
+(a table, in the server's order of preference) and :func:`negotiate` picks one. The
+per-resource functions (:func:`negotiate_instances`, :func:`negotiate_frames`,
+:func:`negotiate_bulk`, :func:`negotiate_rendered`, :func:`negotiate_dicom_json`) only build
+their table and map the chosen row to what the handler needs.
 
 Decisions, beyond what the standards fix:
 
-* Without a ``transfer-syntax`` parameter instances are sent in Explicit VR Little Endian.
-  PS3.18 8.7.3 forbids Implicit VR Little Endian and Explicit VR Big Endian on the web, so
-  an explicit request for either is answered 406, never honoured.
+* Choice (RFC 9110 12.5.1): an offer gets the ``q`` of the most specific range that matches
+  it; ``q=0`` there excludes it. Among the rest: highest ``q``, then the more specific range,
+  then the range the client listed first, then the server's order.
+* ``transfer-syntax``: a range without it selects only an offer marked ``default`` (PS3.18
+  8.7.3.5.2: the default transfer syntax of the media type, Explicit VR Little Endian for
+  ``application/dicom`` and ``application/octet-stream``); with it, only an offer with that
+  exact value (``*`` included). PS3.18 8.7.3 forbids Implicit VR Little Endian and Explicit
+  VR Big Endian on the web, so an explicit request for either is answered 406.
+* Frames: ``type=application/octet-stream; transfer-syntax=*`` (what OHIF sends) gets the
+  frames as stored, in the stored syntax's own media type (``image/jp2``...), which is what
+  such clients expect and decode themselves.
 * Parsing is tolerant: an Accept element that cannot be parsed (bad type/subtype, or a
   ``q`` that is not a number from 0 to 1) is skipped rather than rejecting the request,
   since the other elements may still name something we offer. Only a header in which no
-  element parses at all is a 400. Parameters without ``=`` are ignored.
-* ``q=0`` ranges are removed by :func:`parse_accept`, but negotiation still honours them as
-  exclusions (RFC 9110 12.5.1): a representation matched by a ``q=0`` range at least as
-  specific as the range that selected it is not chosen.
+  element parses at all is a 400. Parameters without ``=`` are ignored, and so are
+  parameters an offer does not know (``boundary=`` in an Accept, say).
 * Legacy ``*`` (Java's default Accept) is read as ``*/*``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final
+from typing import Final, TypeVar
 
 from ..errors import BadRequest, NotAcceptable
 from . import multipart
+from .transfer_syntaxes import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    OCTET_STREAM,
+    TRANSFER_SYNTAXES,
+    TransferSyntaxInfo,
+)
 from .uids import is_valid_uid
 
 __all__ = [
+    "DICOM",
+    "DICOM_JSON",
+    "DICOM_XML",
+    "DICOM_XML_MULTIPART",
+    "EXPLICIT_VR_BIG_ENDIAN",
     "EXPLICIT_VR_LITTLE_ENDIAN",
+    "IMPLICIT_VR_LITTLE_ENDIAN",
+    "JSON",
+    "MULTIPART_RELATED",
+    "OCTET_STREAM",
     "TRANSFER_SYNTAXES",
+    "BulkMedia",
+    "FrameMedia",
     "InstanceMedia",
     "MediaRange",
+    "Offer",
     "TransferSyntaxInfo",
+    "negotiate",
+    "negotiate_bulk",
     "negotiate_dicom_json",
+    "negotiate_frames",
     "negotiate_instances",
+    "negotiate_rendered",
     "parse_accept",
 ]
 
-EXPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2.1"
-IMPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2"
-EXPLICIT_VR_BIG_ENDIAN: Final = "1.2.840.10008.1.2.2"
-
+MULTIPART_RELATED: Final = "multipart/related"
 DICOM: Final = "application/dicom"
 DICOM_JSON: Final = "application/dicom+json"
 JSON: Final = "application/json"
 DICOM_XML: Final = "application/dicom+xml"
-
-
-# --------------------------------------------------------------------------------------
-# Transfer syntaxes
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TransferSyntaxInfo:
-    """One transfer syntax (PS3.5 Annex A, PS3.6 Table A-1) and how DICOMweb carries it.
-
-    ``media_type`` is the media type of a frame or pixel bulk data in this transfer syntax
-    (PS3.18 8.7.3, Tables 8.7.3-4 and 8.7.3-5); ``compressed`` means the pixel data is
-    encapsulated compressed data rather than native; ``lossy`` means the syntax may be lossy;
-    ``web`` is False for the syntaxes PS3.18 8.7.3 says shall not be used with web services.
-    """
-
-    uid: str
-    name: str
-    compressed: bool
-    lossy: bool
-    media_type: str
-    web: bool = True
-
-
-def _ts(uid: str, name: str, media_type: str, kind: str, *, web: bool = True) -> TransferSyntaxInfo:
-    """``kind``: "native" (uncompressed pixel data), "lossless" or "lossy" (may be lossy)."""
-    return TransferSyntaxInfo(uid, name, kind != "native", kind == "lossy", media_type, web)
-
-
-_OCTETS: Final = "application/octet-stream"
-TRANSFER_SYNTAXES: Final[Mapping[str, TransferSyntaxInfo]] = MappingProxyType(
-    {
-        ts.uid: ts
-        for ts in (
-            _ts(
-                IMPLICIT_VR_LITTLE_ENDIAN, "Implicit VR Little Endian", _OCTETS, "native", web=False
-            ),
-            _ts(EXPLICIT_VR_LITTLE_ENDIAN, "Explicit VR Little Endian", _OCTETS, "native"),
-            _ts(
-                "1.2.840.10008.1.2.1.98",
-                "Encapsulated Uncompressed Explicit VR Little Endian",
-                _OCTETS,
-                "native",
-            ),
-            _ts("1.2.840.10008.1.2.1.99", "Deflated Explicit VR Little Endian", _OCTETS, "native"),
-            _ts(
-                EXPLICIT_VR_BIG_ENDIAN,
-                "Explicit VR Big Endian (Retired)",
-                _OCTETS,
-                "native",
-                web=False,
-            ),
-            _ts("1.2.840.10008.1.2.4.50", "JPEG Baseline (Process 1)", "image/jpeg", "lossy"),
-            _ts("1.2.840.10008.1.2.4.51", "JPEG Extended (Process 2 & 4)", "image/jpeg", "lossy"),
-            _ts(
-                "1.2.840.10008.1.2.4.57",
-                "JPEG Lossless, Non-Hierarchical (Process 14)",
-                "image/jpeg",
-                "lossless",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.70",
-                "JPEG Lossless, Non-Hierarchical, First-Order Prediction"
-                " (Process 14 [Selection Value 1])",
-                "image/jpeg",
-                "lossless",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.80",
-                "JPEG-LS Lossless Image Compression",
-                "image/jls",
-                "lossless",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.81",
-                "JPEG-LS Lossy (Near-Lossless) Image Compression",
-                "image/jls",
-                "lossy",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.90",
-                "JPEG 2000 Image Compression (Lossless Only)",
-                "image/jp2",
-                "lossless",
-            ),
-            _ts("1.2.840.10008.1.2.4.91", "JPEG 2000 Image Compression", "image/jp2", "lossy"),
-            _ts(
-                "1.2.840.10008.1.2.4.92",
-                "JPEG 2000 Part 2 Multi-component Image Compression (Lossless Only)",
-                "image/jpx",
-                "lossless",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.93",
-                "JPEG 2000 Part 2 Multi-component Image Compression",
-                "image/jpx",
-                "lossy",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.100", "MPEG2 Main Profile / Main Level", "video/mpeg", "lossy"
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.100.1",
-                "Fragmentable MPEG2 Main Profile / Main Level",
-                "video/mpeg",
-                "lossy",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.101", "MPEG2 Main Profile / High Level", "video/mpeg", "lossy"
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.101.1",
-                "Fragmentable MPEG2 Main Profile / High Level",
-                "video/mpeg",
-                "lossy",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.102",
-                "MPEG-4 AVC/H.264 High Profile / Level 4.1",
-                "video/mp4",
-                "lossy",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.102.1",
-                "Fragmentable MPEG-4 AVC/H.264 High Profile / Level 4.1",
-                "video/mp4",
-                "lossy",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.103",
-                "MPEG-4 AVC/H.264 BD-compatible High Profile / Level 4.1",
-                "video/mp4",
-                "lossy",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.103.1",
-                "Fragmentable MPEG-4 AVC/H.264 BD-compatible High Profile / Level 4.1",
-                "video/mp4",
-                "lossy",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.104",
-                "MPEG-4 AVC/H.264 High Profile / Level 4.2 For 2D Video",
-                "video/mp4",
-                "lossy",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.104.1",
-                "Fragmentable MPEG-4 AVC/H.264 High Profile / Level 4.2 For 2D Video",
-                "video/mp4",
-                "lossy",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.105",
-                "MPEG-4 AVC/H.264 High Profile / Level 4.2 For 3D Video",
-                "video/mp4",
-                "lossy",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.105.1",
-                "Fragmentable MPEG-4 AVC/H.264 High Profile / Level 4.2 For 3D Video",
-                "video/mp4",
-                "lossy",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.106",
-                "MPEG-4 AVC/H.264 Stereo High Profile / Level 4.2",
-                "video/mp4",
-                "lossy",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.106.1",
-                "Fragmentable MPEG-4 AVC/H.264 Stereo High Profile / Level 4.2",
-                "video/mp4",
-                "lossy",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.107",
-                "HEVC/H.265 Main Profile / Level 5.1",
-                "video/H265",
-                "lossy",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.108",
-                "HEVC/H.265 Main 10 Profile / Level 5.1",
-                "video/H265",
-                "lossy",
-            ),
-            _ts("1.2.840.10008.1.2.4.110", "JPEG XL Lossless", "image/jxl", "lossless"),
-            _ts("1.2.840.10008.1.2.4.111", "JPEG XL JPEG Recompression", "image/jxl", "lossy"),
-            _ts("1.2.840.10008.1.2.4.112", "JPEG XL", "image/jxl", "lossy"),
-            _ts(
-                "1.2.840.10008.1.2.4.201",
-                "High-Throughput JPEG 2000 Image Compression (Lossless Only)",
-                "image/jphc",
-                "lossless",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.202",
-                "High-Throughput JPEG 2000 with RPCL Options Image Compression (Lossless Only)",
-                "image/jphc",
-                "lossless",
-            ),
-            _ts(
-                "1.2.840.10008.1.2.4.203",
-                "High-Throughput JPEG 2000 Image Compression",
-                "image/jphc",
-                "lossy",
-            ),
-            _ts("1.2.840.10008.1.2.5", "RLE Lossless", "image/dicom-rle", "lossless"),
-        )
-    }
-)
+#: QIDO-RS and metadata as DICOM XML (PS3.18 8.7.5, PS3.19 Native DICOM Model).
+DICOM_XML_MULTIPART: Final = f'{MULTIPART_RELATED}; type="{DICOM_XML}"'
 
 
 # --------------------------------------------------------------------------------------
@@ -365,8 +188,9 @@ def _parse_range(element: str) -> MediaRange | None:
     return MediaRange(type_, subtype, MappingProxyType(params), q)
 
 
-def _parse_all(header: str | None) -> list[MediaRange]:
-    """Every parseable range, q=0 included, sorted; [*/*] for an absent or empty header."""
+def _parse_in_order(header: str | None) -> list[MediaRange]:
+    """Every parseable range, q=0 included, in header order; [*/*] for an absent or empty
+    header. Raises BadRequest if the header has elements and none of them parses."""
     if header is None or not header.strip():
         return [_ANY]
     elements = [e for e in _split_outside_quotes(header, ",") if e.strip()]
@@ -378,9 +202,13 @@ def _parse_all(header: str | None) -> list[MediaRange]:
             "the Accept header could not be parsed (RFC 9110 12.5.1)",
             detail={"accept": header[:200]},
         )
-    # Stable sort: equal q and specificity keep the client's order.
-    ranges.sort(key=lambda r: (-r.q, tuple(-x for x in r.specificity)))
     return ranges
+
+
+def _preference_key(r: MediaRange) -> tuple[float, int, int, int]:
+    """Sort key: highest ``q`` first, then the most specific (RFC 9110 12.5.1)."""
+    concrete_type, concrete_subtype, nparams = r.specificity
+    return (-r.q, -concrete_type, -concrete_subtype, -nparams)
 
 
 def parse_accept(header: str | None) -> list[MediaRange]:
@@ -391,36 +219,228 @@ def parse_accept(header: str | None) -> list[MediaRange]:
     ``[*/*]``. Ranges with ``q=0`` are left out. Unparseable elements are skipped; if none
     parses at all, :class:`~ncpeh_dicomweb.errors.BadRequest` is raised.
     """
-    return [r for r in _parse_all(header) if r.q > 0]
+    return sorted((r for r in _parse_in_order(header) if r.q > 0), key=_preference_key)
 
 
-def _excluded(
-    type_: str,
-    subtype: str,
-    params: Mapping[str, str],
-    chosen_by: MediaRange,
-    ranges: Sequence[MediaRange],
-) -> bool:
-    """True if a q=0 range at least as specific as ``chosen_by`` matches the representation
-    (RFC 9110 12.5.1: the most specific matching range gives a representation its q).
+# --------------------------------------------------------------------------------------
+# Offers and the one negotiation (RFC 9110 12.5.1, PS3.18 8.7)
+# --------------------------------------------------------------------------------------
 
-    A range parameter the representation does not have is ignored; one it has must match
-    (case-insensitively).
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """One representation a resource can produce (an "available representation", RFC 9110
+    12.5.1), as a row of the resource's table (PS3.18 8.7.5 lists them per resource).
+
+    ``media_type``: concrete (``multipart/related``, ``image/jpeg``...); compared without
+    regard to case (RFC 9110 8.3.1), so PS3.18's ``video/H265`` keeps its spelling.
+    ``part_type``: for ``multipart/related``, the media type of every part (RFC 2387 ``type``
+    parameter, PS3.18 8.7.3.5.1); a range's ``type`` parameter must then match it (wildcards
+    allowed), a range without one matches any. ``transfer_syntax``: the value of the
+    ``transfer-syntax`` parameter this row answers (a UID, or ``*`` for "as stored", PS3.18
+    8.7.3.5.2); ``None`` when the parameter does not apply and is ignored. ``default``: a range
+    *without* ``transfer-syntax`` also selects this row (its syntax is the media type's
+    default). ``params``: other parameters the row has (``charset``); a range naming one must
+    name the same value.
     """
-    for r in ranges:
-        if r.q > 0 or not r.matches(type_, subtype) or r.specificity < chosen_by.specificity:
+
+    media_type: str
+    part_type: str | None = None
+    transfer_syntax: str | None = None
+    default: bool = False
+    params: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The Accept value that asks for exactly this row."""
+        out = _base_label(self.media_type, self.part_type)
+        if self.transfer_syntax is not None:
+            out += f"; transfer-syntax={self.transfer_syntax}"
+        return out
+
+
+def _base_label(media_type: str, part_type: str | None) -> str:
+    return media_type if part_type is None else f'{media_type}; type="{part_type}"'
+
+
+def _norm(name: str, value: str) -> str:
+    v = value.strip().lower()
+    return "utf-8" if name == "charset" and v == "utf8" else v
+
+
+def _part_type_matches(wanted: str, part_type: str) -> bool:
+    """``wanted`` (a range's ``type`` parameter, maybe a wildcard) covers ``part_type``."""
+    w_type, slash, w_sub = wanted.strip().lower().partition("/")
+    p_type, _, p_sub = part_type.lower().partition("/")  # RFC 9110 8.3.1: case-insensitive
+    if not slash or (w_type == "*" and w_sub != "*"):
+        return False
+    return w_type in ("*", p_type) and w_sub in ("*", p_sub)
+
+
+def _type_param(r: MediaRange) -> str | None:
+    """The range's multipart ``type`` parameter; an empty one counts as absent."""
+    value = r.params.get("type", "").strip()
+    return value or None
+
+
+def _covers(r: MediaRange, media_type: str) -> bool:
+    type_, _, subtype = media_type.lower().partition("/")
+    return r.matches(type_, subtype)
+
+
+def _matches(r: MediaRange, offer: Offer) -> bool:
+    if not _covers(r, offer.media_type):
+        return False
+    wanted = _type_param(r)
+    if (
+        offer.part_type is not None
+        and wanted is not None
+        and not _part_type_matches(wanted, offer.part_type)
+    ):
+        return False
+    if offer.transfer_syntax is not None:
+        ts = r.params.get("transfer-syntax")
+        if ts is None:
+            if not offer.default:
+                return False
+        elif ts.strip() != offer.transfer_syntax:
+            return False
+    return all(
+        name not in r.params or _norm(name, r.params[name]) == _norm(name, value)
+        for name, value in offer.params
+    )
+
+
+def negotiate(accept: str | None, offers: Sequence[Offer]) -> Offer:
+    """Choose one of ``offers`` for an Accept header (RFC 9110 12.5.1; PS3.18 8.7).
+
+    ``offers`` is the resource's table in the server's order of preference. Each offer takes
+    the ``q`` of the most specific range that matches it (type, subtype, then parameter
+    count; :func:`_matches` says what matching means for ``type``, ``transfer-syntax`` and
+    other parameters); ``q=0`` there excludes it. The winner has the highest ``q``, then the
+    most specific matching range, then the range the client listed first, then comes first
+    in ``offers``. An absent or empty header is ``*/*``.
+
+    Raises :class:`~ncpeh_dicomweb.errors.NotAcceptable` (406) whose message says why each
+    range selected nothing and lists what is offered (``detail.supported`` has one Accept
+    value per offer), and :class:`~ncpeh_dicomweb.errors.BadRequest` (400) if the header
+    cannot be parsed at all.
+    """
+    if not offers:
+        raise ValueError("negotiate() needs at least one offer")
+    ranges = _parse_in_order(accept)
+    best: tuple[tuple[float, int, int, int, int, int], Offer] | None = None
+    excluded: list[Offer] = []
+    for server_index, offer in enumerate(offers):
+        matching = [(i, r) for i, r in enumerate(ranges) if _matches(r, offer)]
+        if not matching:
             continue
-        if all(params.get(k, v).lower() == v.lower() for k, v in r.params.items()):
-            return True
-    return False
+        client_index, chosen_by = max(matching, key=lambda m: (m[1].specificity, m[1].q, -m[0]))
+        if chosen_by.q <= 0:
+            if any(r.q > 0 for _, r in matching):
+                excluded.append(offer)
+            continue
+        key = (*_preference_key(chosen_by), client_index, server_index)
+        if best is None or key < best[0]:
+            best = (key, offer)
+    if best is not None:
+        return best[1]
+    raise _not_acceptable(accept, ranges, offers, excluded)
 
 
-def _dedupe(items: list[str]) -> list[str]:
-    return list(dict.fromkeys(items))
+_MAX_REASONS: Final = 8
 
 
-def _type_param(r: MediaRange) -> str:
-    return r.params.get("type", "").strip().lower()
+def _not_acceptable(
+    accept: str | None,
+    ranges: Sequence[MediaRange],
+    offers: Sequence[Offer],
+    excluded: Sequence[Offer],
+) -> NotAcceptable:
+    positive = sorted((r for r in ranges if r.q > 0), key=_preference_key)
+    reasons = [_why_not(r, offers) for r in positive if not any(_matches(r, o) for o in offers)]
+    reasons += [f"{o.label} is excluded by q=0" for o in excluded]
+    reasons = list(dict.fromkeys(reasons))
+    if len(reasons) > _MAX_REASONS:
+        reasons = [*reasons[:_MAX_REASONS], "..."]
+    why = "; ".join(reasons) or "the Accept header excludes every media type"
+    return NotAcceptable(
+        f"no acceptable representation ({why}); acceptable: {_summary(offers)}",
+        detail={"accept": (accept or "")[:200], "supported": [o.label for o in offers]},
+    )
+
+
+def _why_not(r: MediaRange, offers: Sequence[Offer]) -> str:
+    """Why range ``r`` selects none of ``offers``: the first test that leaves none."""
+    mtype = f"{r.type}/{r.subtype}"[:80]
+    left = [o for o in offers if _covers(r, o.media_type)]
+    if not left:
+        if any((o.part_type or "").lower() == mtype for o in offers):
+            return (
+                f"single-part {mtype} is not offered for this resource;"
+                f' {MULTIPART_RELATED}; type="{mtype}" is required'
+            )
+        return f"{mtype} is not offered for this resource"
+    wanted = _type_param(r)
+    if wanted is not None:
+        left = [o for o in left if o.part_type is None or _part_type_matches(wanted, o.part_type)]
+        if not left:
+            return f'{mtype}; type="{wanted.lower()[:80]}" is not offered for this resource'
+    ts = r.params.get("transfer-syntax")
+    with_ts = [o for o in left if o.transfer_syntax is not None]
+    if with_ts and len(with_ts) == len(left):
+        left = [o for o in left if _matches_ts(ts, o)]
+        if not left:
+            return _why_not_syntax(ts, with_ts)
+    for name, value in r.params.items():
+        known = [v for o in left for n, v in o.params if n == name]
+        if known and all(_norm(name, value) != _norm(name, v) for v in known):
+            return f"{name} {value.strip().lower()[:40]} is not offered"
+    return f"{mtype} is not offered for this resource"  # not reached with the tables here
+
+
+def _matches_ts(ts: str | None, offer: Offer) -> bool:
+    return offer.default if ts is None else ts.strip() == offer.transfer_syntax
+
+
+def _why_not_syntax(ts: str | None, offers: Sequence[Offer]) -> str:
+    if ts is None:
+        base = _base_label(offers[0].media_type, offers[0].part_type)
+        return f"{base} without a transfer-syntax parameter cannot be produced here"
+    ts = ts.strip()
+    info = TRANSFER_SYNTAXES.get(ts)
+    if info is None:
+        return f'transfer syntax "{ts[:64]}" is not supported'
+    if not info.web:
+        return f"transfer syntax {ts} ({info.name}) is not used with DICOMweb (PS3.18 8.7.3)"
+    return f"transfer syntax {ts} ({info.name}) cannot be produced for this resource"
+
+
+def _summary(offers: Sequence[Offer]) -> str:
+    """What is offered, grouped by media type: ``A [transfer-syntax: X (default), *, Y] or B``;
+    the default is what a range without ``transfer-syntax`` gets."""
+    groups: dict[tuple[str, str | None], list[Offer]] = {}
+    for o in offers:
+        groups.setdefault((o.media_type, o.part_type), []).append(o)
+    parts: list[str] = []
+    for (media_type, part_type), group in groups.items():
+        syntaxes = [
+            f"{o.transfer_syntax} (default)" if o.default else o.transfer_syntax
+            for o in group
+            if o.transfer_syntax is not None
+        ]
+        label = _base_label(media_type, part_type)
+        parts.append(f"{label} [transfer-syntax: {', '.join(syntaxes)}]" if syntaxes else label)
+    return " or ".join(dict.fromkeys(parts))
+
+
+_T = TypeVar("_T")
+
+
+def _choose(accept: str | None, table: Sequence[tuple[Offer, _T]]) -> _T:
+    """:func:`negotiate` over a table of (offer, what choosing it means)."""
+    offers = [offer for offer, _ in table]
+    return table[offers.index(negotiate(accept, offers))][1]
 
 
 # --------------------------------------------------------------------------------------
@@ -465,144 +485,245 @@ class InstanceMedia:
         return f'multipart/related; type="{DICOM}"; transfer-syntax={self.transfer_syntax}'
 
 
-_INSTANCE_SUPPORTED: Final[tuple[str, ...]] = (
-    f'multipart/related; type="{DICOM}"; transfer-syntax=*',
-    *(
-        f'multipart/related; type="{DICOM}"; transfer-syntax={uid}'
-        for uid, info in TRANSFER_SYNTAXES.items()
-        if info.web
-    ),
-)
-_INSTANCE_HINT: Final = (
-    f'acceptable: multipart/related; type="{DICOM}" with no transfer-syntax '
-    f"(Explicit VR Little Endian), transfer-syntax=* (as stored) or a supported transfer "
-    f"syntax UID"
-)
+def _instance_table(
+    can_produce: Callable[[str], bool] | None,
+) -> list[tuple[Offer, InstanceMedia]]:
+    def row(ts: str, *, default: bool = False) -> tuple[Offer, InstanceMedia]:
+        return Offer(MULTIPART_RELATED, DICOM, ts, default=default), InstanceMedia(ts)
+
+    web = [uid for uid, info in TRANSFER_SYNTAXES.items() if info.web]
+    producible = [uid for uid in web if can_produce is None or can_produce(uid)]
+    table = [row("*")]  # as stored: always possible, no transcoding
+    if EXPLICIT_VR_LITTLE_ENDIAN in producible:
+        table.insert(0, row(EXPLICIT_VR_LITTLE_ENDIAN, default=True))
+    table += [row(uid) for uid in producible if uid != EXPLICIT_VR_LITTLE_ENDIAN]
+    return table
 
 
-def _instance_candidate(r: MediaRange) -> InstanceMedia | str:
-    """What range ``r`` selects for an instance retrieve, or why it selects nothing."""
-    if r.type == "*" and r.subtype == "*":
-        return InstanceMedia(EXPLICIT_VR_LITTLE_ENDIAN)
-    if r.type == "application" and r.subtype == "dicom":
-        return (
-            f"single-part {DICOM} is not offered for this resource;"
-            f' multipart/related; type="{DICOM}" is required'
-        )
-    if not r.matches("multipart", "related"):
-        return f"{r.type}/{r.subtype} is not offered for this resource"
-    part_type = _type_param(r)
-    if part_type not in ("", DICOM, "application/*", "*/*"):
-        return f'multipart/related; type="{part_type}" is not offered for this resource'
-    if "transfer-syntax" not in r.params:
-        return InstanceMedia(EXPLICIT_VR_LITTLE_ENDIAN)
-    ts = r.params["transfer-syntax"].strip()
-    if ts == "*":
-        return InstanceMedia("*")
-    info = TRANSFER_SYNTAXES.get(ts)
-    if info is None:
-        return f'transfer syntax "{ts[:64]}" is not supported'
-    if not info.web:
-        return f"transfer syntax {ts} ({info.name}) is not used with DICOMweb (PS3.18 8.7.3)"
-    return InstanceMedia(ts)
+_INSTANCE_TABLE: Final = tuple(_instance_table(None))
 
 
-def negotiate_instances(accept: str | None) -> InstanceMedia:
-    """Choose the representation of a study/series/instance retrieve (PS3.18 10.4.4,
-    8.7.3.5, Table 10.4.4-1; RFC 9110 12.5.1).
+def negotiate_instances(
+    accept: str | None, can_produce: Callable[[str], bool] | None = None
+) -> InstanceMedia:
+    """Choose the representation of a study/series/instance retrieve (PS3.18 10.4.1.1.1,
+    8.7.3.5, 8.7.5; RFC 9110 12.5.1).
 
-    Ranges are tried in preference order; the first that selects something we offer wins.
-    Offered: ``multipart/related`` with ``type="application/dicom"`` (or no type, or a
-    wildcard type) and any ``transfer-syntax`` of :data:`TRANSFER_SYNTAXES` except Implicit
-    VR Little Endian and Big Endian, or ``*`` for as-stored; ``multipart/*`` and ``*/*``.
-    No ``transfer-syntax`` means Explicit VR Little Endian. Raises
-    :class:`~ncpeh_dicomweb.errors.NotAcceptable` (406) listing the reasons otherwise, and
-    :class:`~ncpeh_dicomweb.errors.BadRequest` if the header cannot be parsed at all.
+    Offered: ``multipart/related; type="application/dicom"`` (``multipart/*``, ``*/*``,
+    no ``type`` and wildcard types also select it) with no ``transfer-syntax`` (Explicit VR
+    Little Endian), ``transfer-syntax=*`` (as stored, always producible) or any web transfer
+    syntax of :data:`TRANSFER_SYNTAXES` that ``can_produce(uid)`` allows (all, when
+    ``can_produce`` is None). Several ``transfer-syntax`` entries with ``q`` values: the most
+    preferred producible one wins. Raises :class:`~ncpeh_dicomweb.errors.NotAcceptable`
+    (406) listing what can be produced, :class:`~ncpeh_dicomweb.errors.BadRequest` if the
+    header cannot be parsed at all.
     """
-    ranges = _parse_all(accept)
-    reasons: list[str] = []
-    for r in ranges:
-        if r.q <= 0:
+    table = _INSTANCE_TABLE if can_produce is None else _instance_table(can_produce)
+    return _choose(accept, table)
+
+
+# --------------------------------------------------------------------------------------
+# Frames and pixel data bulk data (PS3.18 10.4.1.1.4, 8.7.3.3, Tables 8.7.3-4/-5)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FrameMedia:
+    """The negotiated representation of a frames or pixel data retrieve (PS3.18 10.4.1.1.4).
+
+    ``transfer_syntax``: the syntax every part carries (Explicit VR Little Endian for native
+    pixels). ``media_type``: of each part (``application/octet-stream`` for native pixels,
+    else the stored syntax's own type, ``image/jp2``...). ``decode``: the stored pixel data
+    must be converted first (decompressed, or byte-swapped from Big Endian). ``multipart``:
+    False for a single-part answer (one frame, or the whole pixel data).
+    """
+
+    transfer_syntax: str
+    media_type: str
+    decode: bool
+    multipart: bool = True
+
+    def __post_init__(self) -> None:
+        if not is_valid_uid(self.transfer_syntax):
+            raise ValueError(f"not a transfer syntax UID: {self.transfer_syntax!r}")
+
+    def content_type(self, boundary: str | None = None) -> str:
+        """Content-Type of the response: ``multipart/related; type="T";
+        transfer-syntax=UID; boundary=B`` (PS3.18 8.7.3.5.1), or the part's own type when
+        single-part (``boundary`` then unused)."""
+        if not self.multipart:
+            return self.part_content_type()
+        if boundary is None:
+            raise ValueError("a multipart response needs a boundary")
+        return multipart.content_type(
+            self.media_type, boundary, transfer_syntax=self.transfer_syntax
+        )
+
+    def part_content_type(self) -> str:
+        """Content-Type of each part, e.g. ``image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90``
+        (PS3.18 8.7.3.3.2: the transfer syntax is named so the client can decode)."""
+        return f"{self.media_type}; transfer-syntax={self.transfer_syntax}"
+
+
+def _frame_offer(multi: bool, part: str, ts: str, *, default: bool = False) -> Offer:
+    if multi:
+        return Offer(MULTIPART_RELATED, part, ts, default=default)
+    return Offer(part, None, ts, default=default)
+
+
+def _frame_table(
+    stored: str, *, single_part: bool, decodable: bool
+) -> list[tuple[Offer, FrameMedia]]:
+    info = TRANSFER_SYNTAXES.get(stored)
+    evrle = EXPLICIT_VR_LITTLE_ENDIAN
+    table: list[tuple[Offer, FrameMedia]] = []
+    for multi in (True, False) if single_part else (True,):
+        if info is not None and not info.compressed:
+            # Native pixels go as they are (Implicit VR LE, deflated and encapsulated
+            # uncompressed frames are Explicit VR LE's bytes); Big Endian is byte-swapped.
+            native = FrameMedia(evrle, OCTET_STREAM, stored == EXPLICIT_VR_BIG_ENDIAN, multi)
+            table.append((_frame_offer(multi, OCTET_STREAM, evrle, default=True), native))
+            table.append((_frame_offer(multi, OCTET_STREAM, "*"), native))
             continue
-        cand = _instance_candidate(r)
-        if isinstance(cand, str):
-            reasons.append(cand)
-            continue
-        rep_params = {"type": DICOM, "transfer-syntax": cand.transfer_syntax}
-        if _excluded("multipart", "related", rep_params, r, ranges):
-            reasons.append(f"{cand.upstream_accept()} is excluded by q=0")
-            continue
-        return cand
-    raise NotAcceptable(
-        _not_acceptable_message(reasons, _INSTANCE_HINT),
-        detail={"accept": (accept or "")[:200], "supported": list(_INSTANCE_SUPPORTED)},
+        # Compressed, or unknown: then carried as octet-stream under its own UID, never as
+        # the default (which is native pixels).
+        own = info.media_type if info is not None else OCTET_STREAM
+        as_stored = FrameMedia(stored, own, False, multi)
+        if decodable:
+            decoded = FrameMedia(evrle, OCTET_STREAM, True, multi)
+            table.append((_frame_offer(multi, OCTET_STREAM, evrle, default=True), decoded))
+        table.append((_frame_offer(multi, own, stored, default=own != OCTET_STREAM), as_stored))
+        table.append((_frame_offer(multi, own, "*"), as_stored))
+        if own != OCTET_STREAM:
+            table.append((_frame_offer(multi, OCTET_STREAM, "*"), as_stored))  # OHIF asks so
+    return table
+
+
+def negotiate_frames(
+    accept: str | None,
+    stored: str,
+    *,
+    allow_single_part: bool = True,
+    can_decode: Callable[[str], bool] | None = None,
+) -> FrameMedia:
+    """Choose the representation of frames (PS3.18 10.4.1.1.4) or of Pixel Data bulk data
+    (10.4.1.1.5) of an instance stored in transfer syntax ``stored`` (PS3.18 8.7.3.3,
+    Tables 8.7.3-4 and 8.7.3-5).
+
+    Offered, in this order:
+
+    * ``multipart/related; type="application/octet-stream"`` without ``transfer-syntax`` or
+      with Explicit VR Little Endian: native pixels, decoded if stored compressed. This is
+      also what an absent Accept, ``*/*``, ``multipart/related`` without ``type`` and
+      ``type="*/*"`` get (PS3.18's default).
+    * ``multipart/related; type="<stored media type>"`` without ``transfer-syntax``, with
+      the stored UID or ``*``: as stored (``image/jpeg``, ``image/jls``, ``image/jp2``,
+      ``image/jpx``, ``image/jphc``, ``image/dicom-rle``, ``video/...``).
+    * ``multipart/related; type="application/octet-stream"; transfer-syntax=*``: as stored,
+      in the stored syntax's own media type (OHIF sends this and decodes the result).
+    * The same as single-part (``application/octet-stream``, ``image/jp2``...), unless
+      ``allow_single_part`` is False: a single-part body carries one frame or the whole
+      pixel data, so the caller passes False when several frames are asked for.
+
+    Decoding is offered only if ``can_decode(stored)`` (None: assumed possible); a stored
+    syntax not in :data:`TRANSFER_SYNTAXES` is offered as stored only as
+    ``application/octet-stream; transfer-syntax=<its UID>`` or ``*``. Raises
+    :class:`~ncpeh_dicomweb.errors.NotAcceptable` (406) naming what is offered for ``stored``,
+    :class:`~ncpeh_dicomweb.errors.BadRequest` for an unparseable header.
+    """
+    if not is_valid_uid(stored):
+        raise ValueError(f"not a transfer syntax UID: {stored!r}")
+    decodable = can_decode is None or can_decode(stored)
+    return _choose(accept, _frame_table(stored, single_part=allow_single_part, decodable=decodable))
+
+
+# --------------------------------------------------------------------------------------
+# Other bulk data (PS3.18 10.4.1.1.5)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BulkMedia:
+    """The negotiated representation of non-pixel bulk data (PS3.18 10.4.1.1.5): its bytes
+    as ``application/octet-stream``, in one part of a ``multipart/related`` body or alone."""
+
+    multipart: bool
+
+    def content_type(self, boundary: str | None = None) -> str:
+        """``multipart/related; type="application/octet-stream"; boundary=B`` (PS3.18
+        8.7.3.5.1), or ``application/octet-stream`` when single-part."""
+        if not self.multipart:
+            return OCTET_STREAM
+        if boundary is None:
+            raise ValueError("a multipart response needs a boundary")
+        return multipart.content_type(OCTET_STREAM, boundary)
+
+    def part_content_type(self) -> str:
+        """Content-Type of the part (PS3.18 8.7.3.3): ``application/octet-stream``."""
+        return OCTET_STREAM
+
+
+_BULK_TABLE: Final = tuple(
+    (offer, BulkMedia(offer.media_type == MULTIPART_RELATED))
+    for media_type, part_type in ((MULTIPART_RELATED, OCTET_STREAM), (OCTET_STREAM, None))
+    for offer in (
+        Offer(media_type, part_type, EXPLICIT_VR_LITTLE_ENDIAN, default=True),
+        Offer(media_type, part_type, "*"),
     )
+)
 
 
-def _not_acceptable_message(reasons: list[str], hint: str) -> str:
-    why = "; ".join(_dedupe(reasons)) or "the Accept header excludes every media type"
-    return f"no acceptable representation ({why}); {hint}"
+def negotiate_bulk(accept: str | None) -> BulkMedia:
+    """Choose the representation of non-pixel bulk data (PS3.18 10.4.1.1.5, 8.7.3.3).
+
+    ``multipart/related; type="application/octet-stream"`` (the default: also for an absent
+    Accept, ``*/*`` and ``multipart/related; type="*/*"``), or single-part
+    ``application/octet-stream`` when that is what the client prefers; ``transfer-syntax``
+    may be absent, Explicit VR Little Endian or ``*``. Raises
+    :class:`~ncpeh_dicomweb.errors.NotAcceptable` (406) otherwise.
+    """
+    return _choose(accept, _BULK_TABLE)
 
 
 # --------------------------------------------------------------------------------------
-# DICOM JSON (QIDO-RS results, WADO-RS metadata)
+# Rendered and thumbnail (PS3.18 8.7.4, 10.4.1.1.3)
 # --------------------------------------------------------------------------------------
 
-_JSON_SUPPORTED: Final[tuple[str, ...]] = (DICOM_JSON, JSON)
-_JSON_HINT: Final = f"acceptable: {DICOM_JSON} or {JSON}"
+_RENDERED_TABLE: Final = tuple((Offer(mt), mt) for mt in ("image/jpeg", "image/png", "image/gif"))
 
 
-def _json_candidates(r: MediaRange) -> tuple[str, ...] | str:
-    charset = r.params.get("charset", "utf-8").strip().lower()
-    if charset not in ("utf-8", "utf8"):
-        return f"charset {charset[:40]} is not offered (DICOM JSON is UTF-8)"
-    if r.type == "*" or (r.type == "application" and r.subtype == "*"):
-        return (DICOM_JSON, JSON)
-    if r.type == "application" and r.subtype == "dicom+json":
-        return (DICOM_JSON,)
-    if r.type == "application" and r.subtype == "json":
-        return (JSON,)
-    if (r.type == "application" and r.subtype == "dicom+xml") or (
-        r.matches("multipart", "related") and _type_param(r) == DICOM_XML
-    ):
-        return f"{DICOM_XML} is not supported yet"
-    if r.matches("multipart", "related"):
-        return f'multipart/related; type="{_type_param(r)}" is not offered for this resource'
-    return f"{r.type}/{r.subtype} is not offered for this resource"
+def negotiate_rendered(accept: str | None) -> str:
+    """Choose the media type of a rendered or thumbnail resource (PS3.18 8.7.4, 10.4.1.1.3).
+
+    ``"image/jpeg"`` (also for an absent Accept, ``*/*`` and ``image/*``), ``"image/png"``
+    or ``"image/gif"``. Raises :class:`~ncpeh_dicomweb.errors.NotAcceptable` (406)
+    otherwise.
+    """
+    return _choose(accept, _RENDERED_TABLE)
+
+
+# --------------------------------------------------------------------------------------
+# DICOM JSON / XML (QIDO-RS results, WADO-RS metadata)
+# --------------------------------------------------------------------------------------
+
+_UTF8: Final = (("charset", "utf-8"),)
+_JSON_TABLE: Final = (
+    (Offer(DICOM_JSON, params=_UTF8), DICOM_JSON),
+    (Offer(JSON, params=_UTF8), JSON),
+    (Offer(MULTIPART_RELATED, DICOM_XML), DICOM_XML_MULTIPART),
+)
 
 
 def negotiate_dicom_json(accept: str | None) -> str:
-    """Choose the media type of a QIDO-RS or metadata response (PS3.18 8.7.3, 10.6, F.2).
+    """Choose the media type of a QIDO-RS or metadata response (PS3.18 8.7.5, 10.4.1.1.2,
+    10.6.3, Annex F; PS3.19 for XML).
 
-    Returns ``"application/dicom+json"``, or ``"application/json"`` when the client accepts
-    only that or prefers it by ``q``. ``application/*``, ``*/*`` and an absent header give
-    DICOM JSON; XML (``application/dicom+xml``, also as a multipart ``type``) is not offered
-    yet. Raises
+    Returns ``"application/dicom+json"`` (also for an absent Accept, ``*/*`` and
+    ``application/*``), ``"application/json"``, or :data:`DICOM_XML_MULTIPART` when the client
+    prefers ``multipart/related; type="application/dicom+xml"``. Only UTF-8 is offered.
+    OHIF's combined ``application/dicom+json, multipart/related;
+    type=application/octet-stream`` gets DICOM JSON. Raises
     :class:`~ncpeh_dicomweb.errors.NotAcceptable` (406) or, for an unparseable header,
     :class:`~ncpeh_dicomweb.errors.BadRequest`.
     """
-    ranges = _parse_all(accept)
-    reasons: list[str] = []
-    best: dict[str, float] = {}  # media type -> q of the first range that selects it
-    for r in ranges:
-        if r.q <= 0:
-            continue
-        cands = _json_candidates(r)
-        if isinstance(cands, str):
-            reasons.append(cands)
-            continue
-        for media_type in cands:
-            if media_type in best:
-                continue
-            type_, _, subtype = media_type.partition("/")
-            if _excluded(type_, subtype, {"charset": "utf-8"}, r, ranges):
-                reasons.append(f"{media_type} is excluded by q=0")
-            else:
-                best[media_type] = r.q
-    if best:
-        # Highest q wins; on a tie DICOM JSON, the media type PS3.18 defines.
-        return max(best, key=lambda mt: (best[mt], mt == DICOM_JSON))
-    raise NotAcceptable(
-        _not_acceptable_message(reasons, _JSON_HINT),
-        detail={"accept": (accept or "")[:200], "supported": list(_JSON_SUPPORTED)},
-    )
+    return _choose(accept, _JSON_TABLE)
