@@ -1,7 +1,9 @@
 """Attribute matching done in the gateway (PS3.4 C.2.2.2), for what a PACS cannot match.
 
 Used when a key had to be loosened before it could be sent upstream (see
-:func:`loosen_for_upstream`) and, later, for keys a DIMSE peer ignores.
+:func:`loosen_for_upstream` for a DICOMweb PACS, :func:`loosen_wildcards` for a C-FIND SCP)
+and for keys a DIMSE peer ignores. Matching here is character-wise: `?` is one character
+(one code point) whatever its encoding, as PS3.4 C.2.2.2.4 has it.
 """
 
 from __future__ import annotations
@@ -14,20 +16,65 @@ from typing import Any
 
 from .query import MatchKey, MatchKind
 
-__all__ = ["key_matches", "loosen_for_upstream", "matches_all"]
+__all__ = ["key_matches", "loosen_for_upstream", "loosen_wildcards", "matches_all"]
 
 # Characters a query value cannot carry to a PACS that does not percent-decode its query
 # string (Orthanc 1.10): each run of them is sent as `*` instead, and the exact match is then
-# done here. Not `?`: Orthanc's `?` does not match one non-ASCII character, `*` does.
+# done here. `?` is dealt with apart (see _EXTENDED_VRS).
 _UNSENDABLE = re.compile(r"(?:[^\x21-\x7e]|[&#+%=;])+")
+
+# VRs whose values may hold characters beyond the default repertoire (PS3.5 6.1.2.3: SH, LO,
+# UC, ST, LT, UT, PN), and UN (a private data element, VR unknown). Only there can a `?` land
+# on a non-ASCII character, which a PACS's own `?` may not match: a byte-wise matcher
+# wants one `?` per byte, and Orthanc 1.10 matches a non-ASCII character with neither
+# `?` nor `??` (tests/integration/test_wildcards.py), over DICOMweb and C-FIND alike. So each
+# such `?` goes up as `*`, which matches any run of characters or bytes, and the gateway then
+# matches the original key itself. In the other VRs (CS, AE, DA...) values are ASCII and a
+# byte-wise `?` is exact.
+_EXTENDED_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UN", "UT"})
+_STARS = re.compile(r"\*{2,}")
 
 
 def loosen_for_upstream(key: MatchKey) -> MatchKey | None:
-    """A wider key the PACS can receive unencoded, or None if ``key`` is fine as it is."""
-    if key.kind not in (MatchKind.SINGLE, MatchKind.WILDCARD) or not _UNSENDABLE.search(key.value):
+    """A wider key for a DICOMweb PACS, or None if ``key`` can go up as it is.
+
+    Runs of characters the PACS cannot receive unencoded become `*`, and so does each `?` of
+    a VR of :data:`_EXTENDED_VRS` (PS3.4 C.2.2.2.4: `?` is one character; a PACS may match it
+    against one byte). The caller matches the original key on the answers
+    (:func:`matches_all`), so a value reduced to `*` alone (universal matching) is fine.
+    """
+    if key.kind not in (MatchKind.SINGLE, MatchKind.WILDCARD):
         return None
-    wide = re.sub(r"\*{2,}", "*", _UNSENDABLE.sub("*", key.value))
-    return replace(key, kind=MatchKind.WILDCARD, value=wide)
+    value = _UNSENDABLE.sub("*", key.value)
+    if key.vr in _EXTENDED_VRS:
+        value = value.replace("?", "*")
+    if value == key.value:
+        return None
+    return replace(key, kind=MatchKind.WILDCARD, value=_STARS.sub("*", value))
+
+
+def loosen_wildcards(key: MatchKey) -> MatchKey | None:
+    """``key`` with each `?` sent as `*`, for a C-FIND SCP; None if it has none to loosen.
+
+    Only VRs of :data:`_EXTENDED_VRS` are loosened (PS3.4 C.2.2.2.4: `?` is one character;
+    the SCP may match it against one byte, or miss a non-ASCII character altogether).
+    Non-ASCII characters need no loosening here: C-FIND carries them with a Specific
+    Character Set. A value that would become `*` alone stays ``?*``: a lone `*` is universal
+    matching, which also returns entities without a value, and an answer without the
+    attribute is not checked again by the gateway (the SCP may just not return it); ``?*``
+    still asks for a value of at least one character. Each value of a multi-valued key is
+    loosened on its own. The caller matches the original key on the answers.
+    """
+    if key.kind is not MatchKind.WILDCARD or key.vr not in _EXTENDED_VRS or "?" not in key.value:
+        return None
+    return replace(key, value="\\".join(map(_loosen_part, key.value.split("\\"))))
+
+
+def _loosen_part(value: str) -> str:
+    if "?" not in value:
+        return value
+    wide = _STARS.sub("*", value.replace("?", "*"))
+    return "?*" if wide == "*" else wide
 
 
 def matches_all(dataset: dict[str, Any], keys: Iterable[MatchKey]) -> bool:

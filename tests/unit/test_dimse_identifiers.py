@@ -211,6 +211,50 @@ ELEMENT_CASES: list[tuple[str, Params, Level, Scope, dict[str, tuple[str, Any]]]
         UNSCOPED,
         {"00091010": ("UN", None)},
     ),
+    (
+        "`?` of a text VR goes up as `*` (an SCP's `?` may be one byte)",
+        [
+            ("PatientName", "M?ller^J?rgen"),
+            ("StudyDescription", "CT?Thorax*"),
+            ("AccessionNumber", "A?"),
+            ("ReferringPhysicianName", "Gro??^*"),
+            ("ModalitiesInStudy", "C?"),  # CS: ASCII only, a byte-wise `?` is exact
+        ],
+        Level.STUDY,
+        UNSCOPED,
+        {
+            "PatientName": ("PN", "M*ller^J*rgen"),
+            "StudyDescription": ("LO", "CT*Thorax*"),
+            "AccessionNumber": ("SH", "A*"),
+            "ReferringPhysicianName": ("PN", "Gro*^*"),
+            "ModalitiesInStudy": ("CS", "C?"),
+        },
+    ),
+    (
+        "only `?`: stays non-universal",
+        [("PatientName", "?"), ("PatientID", "*??*")],
+        Level.STUDY,
+        UNSCOPED,
+        {"PatientName": ("PN", "?*"), "PatientID": ("LO", "?*")},
+    ),
+    (
+        "non-ASCII goes up as it is, `?` as `*`",
+        [("PatientName", "Müller^J?rgen")],
+        Level.STUDY,
+        UNSCOPED,
+        {"PatientName": ("PN", "Müller^J*rgen"), "SpecificCharacterSet": ("CS", "ISO_IR 100")},
+    ),
+    (
+        "`?` in a sequence key and a private one",
+        [
+            ("RequestAttributesSequence.RequestedProcedureID", "RP?1"),
+            ("00090010", "ACME"),
+            ("00091010", "a?c"),
+        ],
+        Level.SERIES,
+        UNSCOPED,
+        {"RequestAttributesSequence": ("SQ", [{"00401001": "RP*1"}]), "00091010": ("UN", b"a*c ")},
+    ),
 ]
 
 
@@ -357,6 +401,23 @@ def test_gateway_keys_match_the_answers() -> None:
     other = answer_to_json(answer_of(ModalitiesInStudy=["US"]), query)
     assert key_matches(matching, key)
     assert not key_matches(other, key)
+
+
+def test_loosened_keys_are_matched_exactly_on_the_answers() -> None:
+    """The identifier asks for M*ller*; of the answers, the query's own key keeps only the
+    one with one character there (what DimseBackend._checked does with every answer)."""
+    query = parse_qido([("PatientName", "M?ller*")], Level.STUDY)
+    result = find_identifier(query, UNSCOPED)
+    assert value_of(result.identifier, "PatientName") == ("PN", "M*ller*")
+    assert result.gateway_keys == ()
+    (key,) = query.keys
+    names = ["Müller^Jürgen", "Mueller^Hans", "Møller^Ida", "Mller^X", "MÜLLER^Z"]
+    answers = [
+        answer_to_json(received(answer_of(SpecificCharacterSet="ISO_IR 192", PatientName=n)), query)
+        for n in names
+    ]
+    kept = [n for n, a in zip(names, answers, strict=True) if key_matches(a, key)]
+    assert kept == ["Müller^Jürgen", "Møller^Ida", "MÜLLER^Z"]
 
 
 def test_series_scope_on_a_study_search_is_refused() -> None:

@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 
 from ncpeh_dicomweb.dicomweb.attributes import Level
-from ncpeh_dicomweb.dicomweb.matching import key_matches, loosen_for_upstream
-from ncpeh_dicomweb.dicomweb.query import MatchKind, parse_qido
+from ncpeh_dicomweb.dicomweb.matching import key_matches, loosen_for_upstream, loosen_wildcards
+from ncpeh_dicomweb.dicomweb.query import MatchKey, MatchKind, parse_qido
 
 DATASET: dict[str, Any] = {
     "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]},
@@ -31,6 +31,15 @@ def _key(param: str, value: str) -> Any:
         ("PatientName", "müller^jürgen", True),  # names match case-insensitively
         ("PatientName", "Müller*", True),
         ("PatientName", "M?ller^J?rgen", True),
+        # `?` is one character (PS3.4 C.2.2.2.4), not one byte: ü is two in UTF-8
+        ("PatientName", "M??ller^J?rgen", False),
+        ("PatientName", "M?ller^J??rgen", False),
+        ("PatientName", "?üller*", True),
+        ("PatientName", "m?ller^j?rgen", True),
+        ("PatientName", "M*?ller^Jürgen", True),
+        ("PatientName", "M?*ller^Jürgen", True),
+        ("PatientName", "?", False),
+        ("PatientName", "?*", True),
         ("PatientName", "Mueller*", False),
         ("StudyDescription", "CT CHEST W CONTRAST", True),
         ("StudyDescription", "ct chest w contrast", True),  # as Orthanc: case-insensitive
@@ -64,3 +73,111 @@ def test_loosening_replaces_what_cannot_travel_raw() -> None:
     assert loosen_for_upstream(_key("StudyDate", "20240101-20241231")) is None
     # the widened key still matches what the exact key matched
     assert key_matches({"00081030": {"vr": "LO", "Value": ["CT CHEST+ABD"]}}, wide)
+
+
+# ---------------------------------------------------------------- `?`: one character, any script
+
+NAMES: list[str] = [
+    "Müller^Jürgen",  # UTF-8: ü is 2 bytes
+    "Dubois^Élodie",  # Latin-1: É is 1 byte there, 2 in UTF-8
+    "Nowak^Łukasz",
+    "Smith^Alice^M",
+    "山田^太郎",  # 3 bytes each in UTF-8
+    "Emoji^A😀B",  # 4 bytes in UTF-8, one code point
+]
+
+
+def _named(name: str) -> dict[str, Any]:
+    return {"00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]}}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "found"),
+    [
+        ("M?ller^J?rgen", ["Müller^Jürgen"]),
+        ("Dubois^?lodie", ["Dubois^Élodie"]),
+        ("DUBOIS^?LODIE", ["Dubois^Élodie"]),
+        ("Dubois^??lodie", []),
+        ("Nowak^?ukasz", ["Nowak^Łukasz"]),
+        ("山?^太郎", ["山田^太郎"]),
+        ("??^??", ["山田^太郎"]),
+        ("Emoji^A?B", ["Emoji^A😀B"]),
+        ("Emoji^A??B", []),
+        ("Emoji^A????B", []),
+        ("?????^*", ["Smith^Alice^M", "Nowak^Łukasz", "Emoji^A😀B"]),
+        ("Sm?th*", ["Smith^Alice^M"]),
+    ],
+)
+def test_question_mark_is_one_character(pattern: str, found: list[str]) -> None:
+    key = _key("PatientName", pattern)
+    assert sorted(n for n in NAMES if key_matches(_named(n), key)) == sorted(found)
+
+
+# Row by row: the key, what goes to a DICOMweb PACS, what goes to a C-FIND SCP (None: as is).
+LOOSEN_CASES: list[tuple[list[tuple[str, str]], str | None, str | None]] = [
+    ([("PatientName", "M?ller^J?rgen")], "M*ller^J*rgen", "M*ller^J*rgen"),
+    ([("PatientName", "M?ller*")], "M*ller*", "M*ller*"),
+    ([("PatientName", "M??ller*")], "M*ller*", "M*ller*"),
+    ([("PatientName", "M?*?ller")], "M*ller", "M*ller"),
+    ([("PatientName", "Müller*")], "M*ller*", None),  # C-FIND carries non-ASCII itself
+    ([("PatientName", "Müller^J?rgen")], "M*ller^J*rgen", "Müller^J*rgen"),
+    # only wildcards: universal is fine where every answer is checked, not for C-FIND
+    ([("PatientName", "?")], "*", "?*"),
+    ([("PatientName", "??")], "*", "?*"),
+    ([("PatientName", "*?*")], "*", "?*"),
+    ([("PatientID", "AB?1")], "AB*1", "AB*1"),  # LO
+    ([("AccessionNumber", "A?")], "A*", "A*"),  # SH
+    ([("ReferringPhysicianName", "Gro?^*")], "Gro*^*", "Gro*^*"),
+    ([("StudyDescription", "CT?CHEST ABD")], "CT*CHEST*ABD", "CT*CHEST ABD"),
+    ([("StudyDescription", "CT CHEST+ABD")], "CT*CHEST*ABD", None),
+    ([("RequestAttributesSequence.RequestedProcedureID", "RP?1")], "RP*1", "RP*1"),
+    ([("00090010", "ACME"), ("00091010", "a?c")], "a*c", "a*c"),  # private: UN
+    # default-repertoire VRs: a byte-wise `?` is exact there, nothing to loosen
+    ([("ModalitiesInStudy", "C?")], None, None),
+    ([("ModalitiesInStudy", "CT\\M?")], None, None),
+    ([("PatientSex", "?")], None, None),
+    # nothing to loosen
+    ([("PatientName", "Smith*")], None, None),
+    ([("PatientName", "Smith")], None, None),
+    ([("PatientName", "")], None, None),
+    ([("PatientID", "ABC-1")], None, None),
+    ([("StudyDate", "20240101-20241231")], None, None),
+    ([("StudyInstanceUID", "1.2.3,1.2.4")], None, None),
+]
+
+
+def _last_key(params: list[tuple[str, str]]) -> MatchKey:
+    return parse_qido(params, Level.STUDY).keys[-1]
+
+
+@pytest.mark.parametrize(
+    ("params", "dicomweb", "dimse"), LOOSEN_CASES, ids=[repr(c[0][-1]) for c in LOOSEN_CASES]
+)
+def test_loosening(params: list[tuple[str, str]], dicomweb: str | None, dimse: str | None) -> None:
+    key = _last_key(params)
+    for loosen, wanted in ((loosen_for_upstream, dicomweb), (loosen_wildcards, dimse)):
+        wide = loosen(key)
+        if wanted is None:
+            assert wide is None, loosen.__name__
+            continue
+        assert wide is not None, loosen.__name__
+        assert (wide.value, wide.kind, wide.path, wide.vr) == (
+            wanted,
+            MatchKind.WILDCARD,
+            key.path,
+            key.vr,
+        ), loosen.__name__
+
+
+@pytest.mark.parametrize(
+    "pattern", ["M?ller^J?rgen", "?", "??^??", "*?", "Emoji^A?B", "Dubois^?lodie", "?????^*"]
+)
+def test_loosened_keys_keep_every_match(pattern: str) -> None:
+    """What the exact key matches, the loosened ones match too (the gateway then narrows)."""
+    key = _key("PatientName", pattern)
+    for loosen in (loosen_for_upstream, loosen_wildcards):
+        wide = loosen(key)
+        assert wide is not None
+        for name in NAMES:
+            if key_matches(_named(name), key):
+                assert key_matches(_named(name), wide), (loosen.__name__, name)

@@ -23,6 +23,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from ...dicomweb.attributes import Level, level_of, matching_keys, required_return_tags, vr_of
+from ...dicomweb.matching import loosen_wildcards
 from ...dicomweb.query import MatchKey, MatchKind, QidoQuery
 from ..base import DicomJson, Scope
 
@@ -133,6 +134,9 @@ def find_identifier(query: QidoQuery, scope: Scope) -> FindPlan:
       ``a-b`` (C.2.2.2.5), UID list joined with ``\\`` (C.2.2.2.2), zero length for universal
       matching (C.2.2.2.3); a dotted path becomes a sequence of one item holding the nested key
       (sequence matching, C.2.2.2.6). Keys above the query level are sent too (relational).
+      Except `?` in a text VR (PN, LO, SH...), sent as `*` (``matching.loosen_wildcards``):
+      C.2.2.2.4's `?` is one character, an SCP's may be one byte or miss a non-ASCII one. The
+      answers must therefore be matched again against ``query.keys``, as the backend does.
     * A key on a UID the scope fixes is absorbed when the scope implies it, else matched in the
       gateway (it then matches nothing). Keys of ``_GATEWAY_ONLY`` go to ``gateway_keys``, keys
       of a lower level to ``lower_keys``.
@@ -163,7 +167,9 @@ def find_identifier(query: QidoQuery, scope: Scope) -> FindPlan:
     charset, codec = _charset([*(key.value for key in sent), *fixed.values()])
     identifier = Dataset()
     for key in sent:
-        _put(identifier, key.path, key.vr, _dicom_value(key, codec))
+        # A `?` of a text VR goes up as `*`; the backend matches the original key on the answers.
+        wide = loosen_wildcards(key) or key
+        _put(identifier, key.path, key.vr, _dicom_value(wide, codec))
     for path, uid in fixed.items():
         _put(identifier, path, "UI", uid)
     for path in _return_paths(query, gateway, scoped):
