@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -11,14 +12,19 @@ from .backends.base import Backend
 from .backends.dicomweb import DicomWebBackend
 from .backends.dimse.backend import DimseBackend
 from .config import DicomWebSite, Settings, Site
-from .web import health, qido, wado
-from .web.keys import ACTIVE_STREAMS, BACKENDS, SETTINGS
+from .imaging.pool import ImagingPool
+from .web import health, pixels, qido, wado
+from .web.keys import ACTIVE_STREAMS, BACKENDS, IMAGING_POOL, METADATA_CACHE, SETTINGS
+from .web.metadata_cache import MetadataCache
 from .web.middleware import error_middleware
 
 __all__ = ["create_app"]
 
 # Where each site's DICOMweb root is mounted: the default site, and any site by id.
 _PREFIXES = ("/dicom-web", "/site/{site}/dicom-web")
+# Metadata kept for repeat loads: at most this many bytes of JSON, each entry this many seconds.
+_METADATA_BYTES = 128 << 20
+_METADATA_TTL = 60.0
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -31,11 +37,14 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[BACKENDS] = {}
     app[ACTIVE_STREAMS] = set[asyncio.BaseTransport]()
+    app[METADATA_CACHE] = MetadataCache(max_bytes=_METADATA_BYTES, ttl=_METADATA_TTL)
     app.cleanup_ctx.append(_backends)
+    app.cleanup_ctx.append(_imaging_pool)
     app.on_shutdown.append(_cut_streams)
     for prefix in _PREFIXES:
         app.add_routes(qido.routes(prefix))
         app.add_routes(wado.routes(prefix))
+        app.add_routes(pixels.routes(prefix))
     app.add_routes(health.routes())
     return app
 
@@ -56,6 +65,16 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
         for backend in backends.values():
             await backend.close()
         backends.clear()
+
+
+async def _imaging_pool(app: web.Application) -> AsyncIterator[None]:
+    # Decoding and rendering use every core they get; a few queued jobs smooth bursts.
+    pool = ImagingPool(workers=min(4, os.cpu_count() or 1), queue=32)
+    app[IMAGING_POOL] = pool
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(pool.close)
 
 
 def _backend(site: Site) -> Backend:

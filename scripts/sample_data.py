@@ -1052,6 +1052,11 @@ def load_testdata(orthanc: Orthanc, threads: int) -> Json:
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     root = testdata_dir()
     files = sorted(p for p in root.rglob("*") if p.is_file())
+    # Several files share a SOP Instance UID (MR_small.dcm and its RLE, JPEG 2000, JPEG-LS
+    # twins...). Orthanc keeps whichever arrives first, so uploads in parallel would pick one
+    # at random: every file after the first (in name order) gets a SOP Instance UID of its own,
+    # derived from its name. Each file is then an instance, and a series holds mixed syntaxes.
+    renamed = _duplicate_sops(files)
 
     def work(path: Path) -> Json:
         data = path.read_bytes()
@@ -1059,13 +1064,22 @@ def load_testdata(orthanc: Orthanc, threads: int) -> Json:
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
             if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
                 return {"result": "skipped"}
+            if path in renamed:
+                data = _with_sop(data, renamed[path])
+                ds.SOPInstanceUID = renamed[path]
         except Exception:
             return {"result": "skipped"}
         try:
             answer = orthanc.post_instance(data)
         except (UploadError, requests.RequestException, ValueError) as exc:
             return {"result": "rejected", "error": str(exc)[:200]}
-        return {"result": "accepted", "answer": answer, "bytes": len(data)}
+        uids = {
+            "study": str(ds.StudyInstanceUID),
+            "series": str(ds.get("SeriesInstanceUID", "")),
+            "sop": str(ds.SOPInstanceUID),
+            "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", "")),
+        }
+        return {"result": "accepted", "answer": answer, "bytes": len(data), "uids": uids}
 
     outcomes = run_pool(files, work, threads, fail_fast=False)
     accepted = skipped = 0
@@ -1073,6 +1087,7 @@ def load_testdata(orthanc: Orthanc, threads: int) -> Json:
     rejected: list[Json] = []
     instance_ids: set[str] = set()
     study_files: dict[str, int] = {}
+    by_file: dict[str, Json] = {}
     for path, res in zip(files, outcomes, strict=True):
         rel = str(path.relative_to(root))
         if isinstance(res, BaseException):
@@ -1085,6 +1100,7 @@ def load_testdata(orthanc: Orthanc, threads: int) -> Json:
             accepted += 1
             size += res["bytes"]
             instance_ids.add(res["answer"]["ID"])
+            by_file[rel] = res["uids"]
             parent = res["answer"]["ParentStudy"]
             study_files[parent] = study_files.get(parent, 0) + 1
     studies = []
@@ -1103,7 +1119,33 @@ def load_testdata(orthanc: Orthanc, threads: int) -> Json:
         "bytes": size,
         "study_uids": [s["study_uid"] for s in studies],
         "studies": studies,
+        "by_file": by_file,  # file name -> study, series, sop, transfer_syntax as loaded
     }
+
+
+def _duplicate_sops(files: Sequence[Path]) -> dict[Path, str]:
+    """Files whose SOP Instance UID an earlier file (in name order) already has → a new UID."""
+    seen: set[str] = set()
+    renamed: dict[Path, str] = {}
+    for path in files:
+        try:
+            sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        except Exception:
+            continue
+        if sop in seen:
+            renamed[path] = uid("testdata", path.name)
+        seen.add(sop)
+    return renamed
+
+
+def _with_sop(data: bytes, sop: str) -> bytes:
+    """The file with another SOP Instance UID (data set and file meta), otherwise as it was."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.SOPInstanceUID = sop
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=False)
+    return out.getvalue()
 
 
 # --------------------------------------------------------------------------- CLI

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,3 +280,38 @@ def dimse_gateway(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield DimseGateway(url=url, pid=proc.pid, cache_root=work)
     finally:
         stop_gateway(proc, log)
+
+
+# ---------------------------------------------------------------------- pydicom's test files
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A pydicom test file as the PACS holds it (its UIDs may have been made unique)."""
+
+    study: str
+    series: str
+    sop: str
+    path: Path  # a copy of the file the PACS stores
+
+    def url(self, gw: DimseGateway | Gateway, site: str | None = None) -> str:
+        root = gw.root(site) if isinstance(gw, DimseGateway) else gw.dicomweb
+        return f"{root}/studies/{self.study}/series/{self.series}/instances/{self.sop}"
+
+
+@pytest.fixture(scope="session")
+def loaded(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Loaded]:
+    by_file = pacs.manifest["testdata"]["by_file"]
+    folder = tmp_path_factory.mktemp("stored")
+
+    def get(name: str) -> Loaded:
+        uids = by_file[name]
+        path = folder / name
+        if not path.exists():
+            found = requests.post(f"{pacs.url}/tools/lookup", data=uids["sop"], timeout=30)
+            (orthanc_id,) = [r["ID"] for r in found.json() if r["Type"] == "Instance"]
+            stored = requests.get(f"{pacs.url}/instances/{orthanc_id}/file", timeout=30)
+            path.write_bytes(stored.content)
+        return Loaded(uids["study"], uids["series"], uids["sop"], path)
+
+    return get

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..dicomweb.media import InstanceMedia
@@ -82,6 +84,15 @@ class Backend(Protocol):
 
     async def metadata(self, target: Target, base_url: str) -> list[DicomJson]:
         """WADO-RS metadata (PS3.18 10.4.1.1.2): bulk data as BulkDataURI."""
+        ...
+
+    def instance_file(self, target: Target) -> AbstractAsyncContextManager[Path]:
+        """One instance (``target`` names study, series and instance) as a local Part 10 file,
+        exactly as the PACS stores it, for pixel work (frames, bulk data, render, transcode).
+
+        The file stays in place until the block ends. NotFound if the PACS has no such
+        instance. Repeated and concurrent asks should not each reach the PACS.
+        """
         ...
 
     async def ping(self) -> None:

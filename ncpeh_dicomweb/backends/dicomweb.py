@@ -9,8 +9,9 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -35,6 +36,7 @@ from ..errors import (
     UpstreamRejected,
 )
 from .base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
+from .instance_files import InstanceFiles
 from .relational import child_query, lower_keys, page, parent_uids, restrict_to
 
 __all__ = ["DicomWebBackend"]
@@ -42,6 +44,8 @@ __all__ = ["DicomWebBackend"]
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 256 * 1024
+# Instances kept on disk for pixel work (frames, bulk data, rendered, transcoding).
+_INSTANCE_FILES_BYTES = 1 << 30
 # Upstream searches the gateway must finish itself (relational, loosened) fetch at most this
 # many candidates; a Warning says when the cap was reached.
 _CANDIDATES = 10_000
@@ -72,6 +76,7 @@ class DicomWebBackend:
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, connect=site.connect_timeout, sock_read=site.read_timeout
         )
+        self._files = InstanceFiles(site.id, _INSTANCE_FILES_BYTES)
 
     @classmethod
     def create(cls, site: DicomWebSite) -> DicomWebBackend:
@@ -191,6 +196,9 @@ class DicomWebBackend:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise _map_client_error(exc) from None
 
+    def instance_file(self, target: Target) -> AbstractAsyncContextManager[Path]:
+        return self._files.open(target, lambda: self.retrieve(target, InstanceMedia("*"), ""))
+
     # ------------------------------------------------------------------ plumbing
 
     async def ping(self) -> None:
@@ -200,9 +208,10 @@ class DicomWebBackend:
             pass
 
     def stats(self) -> dict[str, int]:
-        return {}
+        return {"instance_fetches": self._files.fetches}
 
     async def close(self) -> None:
+        await self._files.close()
         await self._session.close()
 
     @asynccontextmanager

@@ -10,7 +10,9 @@ copy a held lock into the child.
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
@@ -21,6 +23,13 @@ T = TypeVar("T")
 
 # A worker is replaced after this many jobs: codec libraries that leak cannot grow a worker.
 _JOBS_PER_WORKER = 500
+
+
+def _quiet_worker() -> None:
+    """Workers report through the exceptions they raise: pydicom's own logging (a traceback
+    when a codec fails) and warnings about odd files would reach the gateway's stderr."""
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    warnings.simplefilter("ignore")
 
 
 class ImagingPool:
@@ -43,6 +52,7 @@ class ImagingPool:
                 self._workers,
                 mp_context=multiprocessing.get_context("forkserver"),
                 max_tasks_per_child=_JOBS_PER_WORKER,
+                initializer=_quiet_worker,
             )
         return self._executor
 

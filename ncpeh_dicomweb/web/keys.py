@@ -10,21 +10,35 @@ from aiohttp import web
 from ..backends.base import Backend
 from ..config import Settings
 from ..errors import NotFound
+from ..imaging.pool import ImagingPool
+from .metadata_cache import MetadataCache
 
 __all__ = [
     "ACTIVE_STREAMS",
     "BACKENDS",
+    "IMAGING_POOL",
+    "METADATA_CACHE",
     "SETTINGS",
     "SiteContext",
     "abort_connection",
+    "accept_of",
     "site_context",
 ]
 
 SETTINGS = web.AppKey("settings", Settings)
 BACKENDS = web.AppKey("backends", dict[str, Backend])
+IMAGING_POOL = web.AppKey("imaging_pool", ImagingPool)
+METADATA_CACHE = web.AppKey("metadata_cache", MetadataCache)
 # Requests whose streamed answer is under way: cut on shutdown, so a client that stopped
 # reading cannot hold the process.
 ACTIVE_STREAMS: web.AppKey[set[asyncio.BaseTransport]] = web.AppKey("active_streams")
+
+
+def accept_of(request: web.Request) -> str | None:
+    """Every Accept line of the request as one list (RFC 9110 5.3: several lines are one
+    header; some Java clients send one line per transfer syntax); None if there is none."""
+    lines = request.headers.getall("Accept", [])
+    return ", ".join(lines) if lines else None
 
 
 def abort_connection(request: web.Request) -> None:

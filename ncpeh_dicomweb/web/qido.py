@@ -13,14 +13,14 @@ from ..dicomweb.media import negotiate_dicom_json
 from ..dicomweb.query import parse_qido
 from ..dicomweb.uids import check_uid
 from ..errors import InvalidQuery, UriTooLong
-from .keys import SETTINGS, site_context
-from .responses import json_response
+from .keys import SETTINGS, accept_of, site_context
+from .responses import dicom_response
 
 __all__ = ["routes"]
 
 
 async def _search(request: web.Request, level: Level) -> web.Response:
-    media_type = negotiate_dicom_json(request.headers.get("Accept"))
+    media_type = negotiate_dicom_json(accept_of(request))
     context = site_context(request)
     limits = request.app[SETTINGS].limits
     study = request.match_info.get("study")
@@ -52,7 +52,7 @@ async def _search(request: web.Request, level: Level) -> web.Response:
             f"only the first {limits.qido_max_results} matches are returned; "
             "use limit and offset to page through the rest"
         )
-    return json_response(result.datasets, content_type=media_type, warnings=warnings)
+    return dicom_response(result.datasets, media_type=media_type, warnings=warnings)
 
 
 async def search_studies(request: web.Request) -> web.Response:

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from email.utils import formatdate
 
+import orjson
 from aiohttp import web
 
-from ..backends.base import PartHead, RetrieveEvent, Target
-from ..dicomweb import multipart
-from ..dicomweb.media import InstanceMedia, negotiate_dicom_json, negotiate_instances
+from ..backends.base import Target
+from ..dicomweb.media import (
+    DICOM_XML_MULTIPART,
+    InstanceMedia,
+    negotiate_dicom_json,
+    negotiate_instances,
+)
 from ..dicomweb.uids import check_uid
-from ..errors import GatewayError, NotFound
-from .keys import ACTIVE_STREAMS, abort_connection, site_context
-from .responses import json_response
+from ..imaging.transcode import encodable
+from .keys import IMAGING_POOL, METADATA_CACHE, accept_of, site_context
+from .responses import dicom_response
+from .streaming import stream_parts
+from .transcoding import transcoded
 
-__all__ = ["routes"]
+__all__ = ["routes", "target_of"]
 
-log = logging.getLogger(__name__)
+AS_STORED = InstanceMedia("*")
 
 
-def _target(request: web.Request) -> Target:
+def target_of(request: web.Request) -> Target:
     info = request.match_info
     series, instance = info.get("series"), info.get("instance")
     return Target(
@@ -33,74 +38,55 @@ def _target(request: web.Request) -> Target:
 
 async def retrieve(request: web.Request) -> web.StreamResponse:
     """Study, series or instance as ``multipart/related; type="application/dicom"`` (10.4.1.1.1)."""
-    media = negotiate_instances(request.headers.get("Accept"))
+    media = negotiate_instances(accept_of(request), can_produce=encodable)
     context = site_context(request)
-    target = _target(request)
-    events = context.backend.retrieve(target, media, context.base_url)
-    async with aclosing(events):
-        # Pull the first part before sending headers: upstream 404/502/504 keep their status.
-        first = await anext(events, None)
-        if first is None:
-            raise NotFound("no instances found", detail={"resource": target.path()})
-        boundary = multipart.new_boundary()
-        response = web.StreamResponse(headers={"Content-Type": media.content_type(boundary)})
-        await response.prepare(request)
-        streams = request.app[ACTIVE_STREAMS]
-        transport = request.transport
-        try:
-            if transport is not None:
-                streams.add(transport)
-            await _stream(response, media, boundary, first, events)
-        except ConnectionError:
-            log.info("client went away during retrieve of %s", target.path())
-        except Exception as exc:
-            # Headers are gone: cut the connection so the truncated body never looks whole.
-            reason = exc.message if isinstance(exc, GatewayError) else type(exc).__name__
-            if not isinstance(exc, GatewayError):
-                log.exception("retrieve of %s failed", target.path())
-            log.warning("retrieve of %s cut short: %s", target.path(), reason)
-            abort_connection(request)
-        finally:
-            if transport is not None:
-                streams.discard(transport)
-    return response
-
-
-async def _stream(
-    response: web.StreamResponse,
-    media: InstanceMedia,
-    boundary: str,
-    first: RetrieveEvent,
-    events: AsyncGenerator[RetrieveEvent, None],
-) -> None:
-    parts = 0
-    event: RetrieveEvent | None = first
-    while event is not None:
-        if isinstance(event, PartHead):
-            headers = dict(event.headers)
-            # The backend names the syntax a part really carries; else, what was asked for.
-            headers.setdefault("content-type", media.part_content_type())
-            await response.write(
-                multipart.part_header(boundary, _titled(headers), first=parts == 0)
-            )
-            parts += 1
-        else:
-            await response.write(event)
-        event = await anext(events, None)
-    await response.write(multipart.closing_delimiter(boundary, empty=parts == 0))
-    await response.write_eof()
-
-
-def _titled(headers: dict[str, str]) -> dict[str, str]:
-    return {"-".join(w.capitalize() for w in k.split("-")): v for k, v in headers.items()}
+    target = target_of(request)
+    # The backend delivers instances as stored; the gateway converts what must be.
+    events = context.backend.retrieve(target, AS_STORED, context.base_url)
+    events = transcoded(events, media.transfer_syntax, request.app[IMAGING_POOL])
+    return await stream_parts(
+        request,
+        events,
+        content_type=media.content_type,
+        part_type=media.part_content_type(),
+        what=f"retrieve of {target.path()}",
+    )
 
 
 async def metadata(request: web.Request) -> web.Response:
-    """Metadata of a study, series or instance as DICOM JSON (10.4.1.1.2)."""
-    media_type = negotiate_dicom_json(request.headers.get("Accept"))
+    """Metadata of a study, series or instance as DICOM JSON (10.4.1.1.2), from the gateway's
+    cache while fresh; ``If-None-Match`` answered 304, gzip when the client accepts it."""
+    media_type = negotiate_dicom_json(accept_of(request))
     context = site_context(request)
-    datasets = await context.backend.metadata(_target(request), context.base_url)
-    return json_response(datasets, content_type=media_type)
+    target = target_of(request)
+    cache = request.app[METADATA_CACHE]
+    key = (context.site_id, context.base_url, target.path())
+    entry = cache.get(key)
+    if entry is None:
+        datasets = await context.backend.metadata(target, context.base_url)
+        entry = cache.put(key, orjson.dumps(datasets))
+    # One entity tag per representation: the XML form of the same metadata is another entity.
+    etag = entry.etag if media_type != DICOM_XML_MULTIPART else entry.etag[:-1] + '-xml"'
+    headers = {
+        "ETag": etag,
+        "Last-Modified": formatdate(entry.built, usegmt=True),
+        "Cache-Control": "private, no-cache",  # revalidate each time: cheap with the ETag
+        "Vary": "Accept, Accept-Encoding",
+    }
+    if etag in _etags(request.headers.get("If-None-Match", "")):
+        return web.Response(status=304, headers=headers)
+    if media_type == DICOM_XML_MULTIPART:
+        response = dicom_response(orjson.loads(entry.body), media_type=media_type, headers=headers)
+    else:
+        response = web.Response(body=entry.body, content_type=media_type, headers=headers)
+    response.enable_compression()  # gzip/deflate only if Accept-Encoding asks for it
+    return response
+
+
+def _etags(header: str) -> set[str]:
+    """Entity tags of an If-None-Match header (RFC 9110 13.1.2; weak ones compare weakly)."""
+    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
+    return tags - {""}
 
 
 def routes(prefix: str) -> list[web.RouteDef]:

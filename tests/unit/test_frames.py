@@ -112,7 +112,7 @@ def test_offset_tables_group_fragments(tmp_path: Path, extended: bool) -> None:
 
 
 def test_without_offset_table_markers_decide(tmp_path: Path) -> None:
-    path, frames = _reencapsulated(tmp_path, extended=False, offsets=False)
+    path, _ = _reencapsulated(tmp_path, extended=False, offsets=False)
     layout = pixel_layout(path)
     assert layout.spans == ()
     # RLE has no end-of-frame marker: pydicom's search cannot split it; JPEG can (below).
@@ -143,7 +143,7 @@ def test_truncated_pixel_data(tmp_path: Path) -> None:
     with path.open("r+b") as fp:
         pydicom.dcmread(fp, stop_before_pixels=True)
         fp.truncate(fp.tell() + 1000)  # the Pixel Data element says 32768 bytes
-    with pytest.raises(NotAcceptable, match="shorter|truncated"):
+    with pytest.raises(NotAcceptable, match=r"shorter|truncated"):
         read_frame(path, pixel_layout(path), 1)
 
 
@@ -162,7 +162,7 @@ def test_bulk_paths(text: str, expected: object) -> None:
 
 @pytest.mark.parametrize("text", ["", "7FE0001", "54000100/0/54001010", "54000100/1", "x" * 8])
 def test_bad_bulk_paths(text: str) -> None:
-    with pytest.raises(ValueError, match="tag|path|item"):
+    with pytest.raises(ValueError, match=r"tag|path|item"):
         parse_bulk_path(text)
 
 

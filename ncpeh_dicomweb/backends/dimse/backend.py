@@ -14,8 +14,8 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,11 +39,19 @@ from ...errors import (
 from ..base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
 from ..cache import CachedInstance, InstanceCache
 from ..relational import UID_TAG, child_query, lower_keys, page, parent_uids, restrict_to
-from .contexts import GET_MODEL, MOVE_MODEL
+from .contexts import GET_MODEL, MOVE_MODEL, ContextPlan, plan_retrieve
 from .flight import Flight
 from .identifiers import FindPlan, answer_to_json, find_identifier
 from .instances import file_chunks, metadata_of, prepared, study_and_series, with_bulk_uris
-from .operations import Canceller, FindOutcome, RetrieveOutcome, run_find, run_get, run_move
+from .operations import (
+    Canceller,
+    FindOutcome,
+    RetrieveOutcome,
+    find_holdings,
+    run_find,
+    run_get,
+    run_move,
+)
 from .pool import AssociationPool
 from .status import CANCEL, SUCCESS, error_for_status
 from .storescp import StorageSCP
@@ -208,6 +216,15 @@ class DimseBackend:
                 out.append(with_bulk_uris(cached, f"{base_url}/{_instance_path(item)}"))
         return out
 
+    @asynccontextmanager
+    async def instance_file(self, target: Target) -> AsyncIterator[Path]:
+        """From the cache, or retrieved into it (shared with any retrieve under way)."""
+        async with aclosing(self._instances(target)) as items:
+            item = await anext(items, None)
+            if item is None:
+                raise NotFound("no such instance")
+            yield item.path  # pinned until the generator is closed
+
     async def _metadata_json(self, item: CachedInstance) -> DicomJson:
         """DICOM JSON of a cached instance, kept (as JSON bytes, bounded) once built."""
         kept = self._metadata.get(item.sop)
@@ -324,16 +341,20 @@ class DimseBackend:
         self, target: Target, sink: Callable[[Any], int], flight: Flight
     ) -> RetrieveOutcome:
         identifier = _retrieve_identifier(target)
-        message_id = self._message_id()
         timeout = self._site.dimse_timeout
         deadline = time.monotonic() + self._site.operation_timeout
+        plan = await self._retrieve_plan(target)
+        if flight.cancel.is_set():  # every client left while the PACS was asked
+            return RetrieveOutcome(CANCEL, 0, 0, 0)
+        message_id = self._message_id()
         if self._scp is None:
-            async with self._pool.lease(sink=sink) as assoc:
+            async with self._pool.lease(sink=sink, plan=plan) as assoc:
                 canceller = Canceller(assoc, message_id, GET_MODEL)
                 flight.on_cancel(canceller.soon)
                 return await self._pool.run(
                     run_get, canceller, identifier, flight.cancel, deadline, timeout
                 )
+        self._scp.accept(plan.roles)  # a class the storage SCP does not know yet (private)
         self._scp.register(message_id, sink)
         try:
             async with self._pool.lease() as assoc:
@@ -350,6 +371,36 @@ class DimseBackend:
                 )
         finally:
             self._scp.unregister(message_id)
+
+    async def _retrieve_plan(self, target: Target) -> ContextPlan:
+        """The presentation contexts to retrieve ``target`` with, from what it holds.
+
+        A C-FIND asks for its SOP classes (and stored transfer syntaxes, where the PACS says);
+        each syntax they may be stored in gets a context of its own, so instances arrive as
+        stored (PS3.4 C.4.3, PS3.8 9.3.2.2), the gateway SCP of each class (PS3.7 D.3.3.4).
+        If the PACS cannot tell, or fails the query, a fixed list of classes is proposed; if
+        no association can be had, the retrieve fails here as it would have on its own.
+        """
+        leased = False
+        try:
+            async with self._pool.lease() as assoc:
+                leased = True
+                self.counters.finds += 1
+                held = await self._pool.run(
+                    find_holdings,
+                    assoc,
+                    target.study,
+                    target.series,
+                    target.instance,
+                    self._message_id(),
+                    self._site.search_timeout,
+                )
+        except GatewayError as exc:
+            if not leased:
+                raise
+            log.info("retrieve planned without knowing its SOP classes: %s", exc)
+            held = None
+        return plan_retrieve(held, self._pool.query_plan)
 
     # ------------------------------------------------------------------ plumbing
 

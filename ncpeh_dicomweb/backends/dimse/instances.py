@@ -21,6 +21,7 @@ __all__ = ["file_chunks", "metadata_of", "prepared", "study_and_series", "with_b
 
 _CHUNK = 1 << 20
 _BULK_THRESHOLD = 1024  # values longer than this become BulkDataURIs (PS3.18 F.2.6)
+_PLACEHOLDER = "{bulk}"
 _UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 
 
@@ -67,8 +68,8 @@ def metadata_of(path: Path) -> DicomJson:
     """DICOM JSON of a cached instance; large values as placeholder BulkDataURIs (F.2.6)."""
     ds = pydicom.dcmread(path)
 
-    def as_uri(element: Any) -> str:
-        return f"{{bulk}}/{element.tag:08x}"
+    def as_uri(_: Any) -> str:
+        return _PLACEHOLDER
 
     out: DicomJson = ds.to_json_dict(
         bulk_data_threshold=_BULK_THRESHOLD, bulk_data_element_handler=as_uri
@@ -77,21 +78,28 @@ def metadata_of(path: Path) -> DicomJson:
 
 
 def with_bulk_uris(metadata: DicomJson, instance_url: str) -> DicomJson:
-    """A copy of cached metadata with its bulk data placeholders bound to this request's URL."""
+    """A copy of cached metadata with its bulk data placeholders bound to this request's URL.
 
-    def bind(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {
-                k: (
-                    v.replace("{bulk}", f"{instance_url}/bulk", 1)
-                    if k == "BulkDataURI"
-                    else bind(v)
-                )
-                for k, v in value.items()
-            }
-        if isinstance(value, list):
-            return [bind(v) for v in value]
-        return value
+    Each URI names its element by path: ``bulk/{tag}``, or ``bulk/{seq}/{item}/{tag}`` inside
+    sequences (items from 1), the form :mod:`ncpeh_dicomweb.imaging.bulkdata` reads.
+    """
+    return _bind(metadata, f"{instance_url}/bulk/")
 
-    bound: DicomJson = bind(metadata)
-    return bound
+
+def _bind(dataset: DicomJson, prefix: str) -> DicomJson:
+    out: DicomJson = {}
+    for tag, element in dataset.items():
+        if not isinstance(element, dict):
+            out[tag] = element
+            continue
+        element = dict(element)
+        if element.get("BulkDataURI") == _PLACEHOLDER:
+            element["BulkDataURI"] = f"{prefix}{tag}"
+        values = element.get("Value")
+        if element.get("vr") == "SQ" and isinstance(values, list):
+            element["Value"] = [
+                _bind(item, f"{prefix}{tag}/{number}/") if isinstance(item, dict) else item
+                for number, item in enumerate(values, start=1)
+            ]
+        out[tag] = element
+    return out

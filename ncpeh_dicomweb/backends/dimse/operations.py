@@ -15,10 +15,27 @@ from pydicom import Dataset
 from pynetdicom.association import Association
 
 from ...errors import BackendError, BackendTimeout, GatewayError
-from .contexts import FIND_MODEL, GET_MODEL, MOVE_MODEL
+from .contexts import (
+    FIND_MODEL,
+    GET_MODEL,
+    MOVE_MODEL,
+    Holdings,
+    holdings_from_instances,
+    holdings_from_study,
+    instance_classes_query,
+    study_classes_query,
+)
 from .status import CANCEL, PENDING, SUCCESS, error_for_status, is_failure
 
-__all__ = ["Canceller", "FindOutcome", "RetrieveOutcome", "run_find", "run_get", "run_move"]
+__all__ = [
+    "Canceller",
+    "FindOutcome",
+    "RetrieveOutcome",
+    "find_holdings",
+    "run_find",
+    "run_get",
+    "run_move",
+]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +92,60 @@ def run_find(
             return FindOutcome(matches, f"the PACS ended the search with warning 0x{code:04X}")
         raise error_for_status(code, "C-FIND")
     return FindOutcome(matches)
+
+
+def find_holdings(
+    assoc: Association,
+    study: str,
+    series: str | None,
+    instance: str | None,
+    msg_id: int,
+    timeout: float,
+) -> Holdings | None:
+    """What a C-GET / C-MOVE of the target will bring: SOP classes, stored syntaxes if said.
+
+    A study: one STUDY-level answer with SOP Classes in Study if the PACS keeps them; else
+    (and for a series or an instance) an IMAGE-level C-FIND of its instances' SOP Class UID
+    and Available Transfer Syntax UID (PS3.4 C.6.2.1), C-CANCELled at the first answer
+    without a SOP Class UID (the PACS does not return it). None when the PACS cannot say, or
+    fails the query with a status (the retrieve is then planned without knowing); a broken or
+    silent association raises, as in :func:`run_find`.
+    """
+    if series is None and instance is None:
+        answers = _answers(assoc, study_classes_query(study), msg_id, timeout, "SOPClassesInStudy")
+        if not answers:  # no such study, or a failure status: the retrieve will tell
+            return None
+        held = holdings_from_study(answers)
+        if held is not None:
+            return held
+    identifier = instance_classes_query(study, series, instance)
+    answers = _answers(assoc, identifier, msg_id, timeout, "SOPClassUID")
+    return holdings_from_instances(answers) if answers else None
+
+
+def _answers(
+    assoc: Association, identifier: Dataset, msg_id: int, timeout: float, needed: str
+) -> list[Dataset] | None:
+    """The C-FIND's answers, up to the first lacking ``needed``; None on a failure status."""
+    answers: list[Dataset] = []
+    cancelled = False
+    started = time.monotonic()
+    assoc.dimse_timeout = timeout
+    for status, answer in assoc.send_c_find(identifier, FIND_MODEL, msg_id=msg_id):
+        if "Status" not in status:
+            raise _no_response(started, timeout, "C-FIND")
+        if time.monotonic() - started > timeout:
+            raise BackendTimeout("the PACS did not finish the C-FIND in time")
+        code = int(status.Status)
+        if code not in PENDING:
+            return answers if code in (SUCCESS, CANCEL) or code >> 12 == 0xB else None
+        if answer is None or cancelled:
+            continue
+        answers.append(answer)
+        if not answer.get(needed):
+            assoc.send_c_cancel(msg_id, query_model=FIND_MODEL)
+            cancelled = True
+    return answers
 
 
 def run_get(

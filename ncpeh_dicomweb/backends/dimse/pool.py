@@ -2,6 +2,14 @@
 
 pynetdicom is thread-based and blocking; every call into it runs on this pool's own executor,
 so a stuck PACS cannot starve the event loop's default executor.
+
+Each association is opened for a :class:`~.contexts.ContextPlan`: the site's query plan
+(C-ECHO, C-FIND, C-GET or C-MOVE), or a C-GET's plan, which adds the storage contexts of what
+that retrieve brings (PS3.4 C.4.3, PS3.7 D.3.3.4). A lease takes an idle association whose plan
+covers the one asked for; else one is opened, for the union with the most recent idle plan when
+that fits in 128 contexts (PS3.8 9.3.2.2), so the plans of a site's studies converge on one
+association instead of one each. Idle associations a new one covers are released, and the
+open ones never outnumber ``max_associations``.
 """
 
 from __future__ import annotations
@@ -16,20 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.association import Association
 
 from ...config import DimseSite
 from ...errors import BackendBusy, BackendTimeout, BackendUnreachable
-from .contexts import (
-    COMPRESSED,
-    FIND_MODEL,
-    GET_MODEL,
-    MOVE_MODEL,
-    STORAGE_CLASSES,
-    UNCOMPRESSED,
-    VERIFICATION,
-)
+from .contexts import ContextPlan, query_plan
 
 __all__ = ["AssociationPool", "StoreSink"]
 
@@ -71,14 +71,10 @@ class AssociationPool:
         ae.dimse_timeout = site.dimse_timeout
         ae.network_timeout = site.dimse_timeout
         ae.maximum_pdu_size = 0  # as large as the PACS will send
-        for model in (VERIFICATION, FIND_MODEL, GET_MODEL, MOVE_MODEL):
-            ae.add_requested_context(model, list(UNCOMPRESSED[:2]))
-        for storage in STORAGE_CLASSES:
-            ae.add_requested_context(storage, list(UNCOMPRESSED))
-            ae.add_requested_context(storage, list(COMPRESSED))
-        self._ae = ae
-        self._roles = [build_role(uid, scp_role=True) for uid in STORAGE_CLASSES]
-        self._idle: list[Association] = []
+        self._ae = ae  # proposes no contexts of its own: each association its plan's
+        self.query_plan = query_plan(site.retrieve)
+        self._idle: list[tuple[Association, ContextPlan]] = []  # most recently used last
+        self._leased = 0
         self._sinks: dict[int, StoreSink] = {}
         self._lock = threading.Lock()
         self._slots = asyncio.Semaphore(site.max_associations)
@@ -89,11 +85,15 @@ class AssociationPool:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     @asynccontextmanager
-    async def lease(self, sink: StoreSink | None = None) -> AsyncIterator[Association]:
-        """An established association for one operation; C-STOREs it receives go to ``sink``.
+    async def lease(
+        self, sink: StoreSink | None = None, plan: ContextPlan | None = None
+    ) -> AsyncIterator[Association]:
+        """An established association for one operation, with the contexts of ``plan`` (the
+        query plan if None); C-STOREs it receives go to ``sink``.
 
         The association goes back to the pool only if the operation ended cleanly.
         """
+        wanted = plan or self.query_plan
         try:
             await asyncio.wait_for(self._slots.acquire(), _LEASE_WAIT)
         except TimeoutError:
@@ -101,11 +101,17 @@ class AssociationPool:
                 "all associations with the PACS are in use", headers={"Retry-After": "5"}
             ) from None
         assoc: Association | None = None
+        has = wanted
         clean = False
+        with self._lock:
+            self._leased += 1
         try:
-            opened = self._take_idle()
-            if opened is None:
-                opened = await self.run(self._open)
+            taken = self._take_idle(wanted)
+            if taken is None:
+                has = self._opening(wanted)
+                opened = await self.run(self._open, has)
+            else:
+                opened, has = taken
             assoc = opened
             if sink is not None:
                 with self._lock:
@@ -118,10 +124,12 @@ class AssociationPool:
                     self._sinks.pop(id(assoc), None)
                 if clean and assoc.is_established and not self._closed:
                     with self._lock:
-                        self._idle.append(assoc)
+                        self._idle.append((assoc, has))
                 else:
                     # Cancellation may land here: don't await, but do not leave it open either.
                     self.abort_soon(assoc)
+            with self._lock:
+                self._leased -= 1
             self._slots.release()
 
     def abort_soon(self, assoc: Association) -> None:
@@ -132,21 +140,45 @@ class AssociationPool:
         """
         threading.Thread(target=_abort, args=(assoc,), name="dimse-abort", daemon=True).start()
 
-    def _take_idle(self) -> Association | None:
+    def _take_idle(self, wanted: ContextPlan) -> tuple[Association, ContextPlan] | None:
+        """The most recently used idle association whose plan covers ``wanted``."""
         with self._lock:
-            while self._idle:
-                assoc = self._idle.pop()
-                if assoc.is_established:  # the PACS may have closed it while idle
-                    return assoc
+            # the PACS may have closed some while idle
+            self._idle = [(a, p) for a, p in self._idle if a.is_established]
+            for index in range(len(self._idle) - 1, -1, -1):
+                if self._idle[index][1].covers(wanted):
+                    return self._idle.pop(index)
         return None
 
-    def _open(self) -> Association:
+    def _opening(self, wanted: ContextPlan) -> ContextPlan:
+        """The plan to open a new association for ``wanted`` with; lets go of the idle
+        associations it makes redundant, and of the oldest while too many are open."""
+        with self._lock:
+            plan = next(
+                (m for _, p in reversed(self._idle) if (m := p.merged(wanted)) is not None),
+                wanted,
+            )
+            kept = [(a, p) for a, p in self._idle if not plan.covers(p)]
+            dropped = [a for a, p in self._idle if plan.covers(p)]
+            while kept and self._leased + len(kept) > self._site.max_associations:
+                dropped.append(kept.pop(0)[0])
+            self._idle = kept
+        for assoc in dropped:
+            threading.Thread(
+                target=_release, args=(assoc,), name="dimse-release", daemon=True
+            ).start()
+        if wanted.left_out:
+            log.warning("%d SOP classes left out of a C-GET's contexts", len(wanted.left_out))
+        return plan
+
+    def _open(self, plan: ContextPlan) -> Association:
         started = time.monotonic()
         assoc = self._ae.associate(
             self._site.host,
             self._site.port,
             ae_title=self._site.called_aet,
-            ext_neg=self._roles,  # type: ignore[arg-type]
+            contexts=[build_context(uid, list(syntaxes)) for uid, syntaxes in plan.contexts],
+            ext_neg=[build_role(uid, scp_role=True) for uid in plan.roles],
             evt_handlers=[
                 (evt.EVT_CONN_OPEN, socket_setup(self._site.dimse_timeout)),
                 (evt.EVT_C_STORE, self._on_store),
@@ -173,7 +205,7 @@ class AssociationPool:
         self._closed = True
         with self._lock:
             idle, self._idle = self._idle, []
-        for assoc in idle:
+        for assoc, _ in idle:
             await self.run(_release, assoc)
         # Not wait=True: a thread stuck on a dead PACS must not hold the process (its socket
         # read times out on its own).

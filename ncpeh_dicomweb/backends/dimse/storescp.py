@@ -2,6 +2,11 @@
 
 Instances the PACS pushes are routed to the move that asked for them by the C-STORE's Move
 Originator AE Title and Message ID (PS3.7 9.1.1.1), so concurrent moves never mix.
+
+It accepts every storage SOP class pynetdicom names, and any other class a retrieve is
+about to bring (:meth:`StorageSCP.accept`: a private one, say), each in every transfer syntax
+the gateway knows, preferring the stored (compressed) one when the PACS offers it with
+uncompressed fallbacks in one context: instances arrive as stored, never transcoded.
 """
 
 from __future__ import annotations
@@ -9,13 +14,14 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Iterable
 from typing import Any
 
-from pynetdicom import AE, evt
+from pynetdicom import AE, build_context, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ...config import DimseSite
-from .contexts import COMPRESSED, STORAGE_CLASSES, UNCOMPRESSED
+from .contexts import ACCEPTED_SYNTAXES, KNOWN_STORAGE_CLASSES
 from .pool import StoreSink, socket_setup
 
 __all__ = ["StorageSCP"]
@@ -32,6 +38,7 @@ class StorageSCP:
         self._routes: dict[tuple[str, int], StoreSink] = {}
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
+        self._classes: set[str] = set()
 
     def start(self) -> None:
         ae = AE(ae_title=self._site.calling_aet)
@@ -40,8 +47,9 @@ class StorageSCP:
         ae.network_timeout = self._site.dimse_timeout
         # Only the PACS we move from may store here: anyone else could plant instances.
         ae.require_calling_aet = [self._site.called_aet]
-        for storage in STORAGE_CLASSES:
-            ae.add_supported_context(storage, [*UNCOMPRESSED, *COMPRESSED])
+        for storage in KNOWN_STORAGE_CLASSES:
+            ae.add_supported_context(storage, list(ACCEPTED_SYNTAXES))
+        self._classes = set(KNOWN_STORAGE_CLASSES)
         self._server = ae.start_server(
             (self._site.store_host, self._site.store_port),
             block=False,
@@ -50,6 +58,17 @@ class StorageSCP:
                 (evt.EVT_C_STORE, self._on_store),
             ],
         )
+
+    def accept(self, classes: Iterable[str]) -> None:
+        """Accept these SOP classes too, from the next association on."""
+        with self._lock:
+            new = [c for c in dict.fromkeys(classes) if c not in self._classes]
+            if not new or self._server is None:
+                return
+            self._classes.update(new)
+            added = [build_context(c, list(ACCEPTED_SYNTAXES)) for c in new]
+            # Rebound, not appended: each new association copies the list in its own thread.
+            self._server.contexts = [*self._server.contexts, *added]
 
     def register(self, message_id: int, sink: StoreSink) -> None:
         with self._lock:

@@ -1,0 +1,102 @@
+"""The one way a multipart/related answer is streamed: instances, frames, bulk data.
+
+The first event is pulled before the headers go out, so an upstream 404/406/502/504 still
+gets its own status; after that a failure cuts the connection without the closing boundary,
+so a truncated body never looks whole. How the stream ended is recorded on the request
+(:data:`STREAM_OUTCOME`) for audit and metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from typing import Literal
+
+from aiohttp import web
+
+from ..backends.base import PartHead, RetrieveEvent
+from ..dicomweb import multipart
+from ..errors import GatewayError, NotFound
+from .keys import ACTIVE_STREAMS, abort_connection
+
+__all__ = ["STREAM_OUTCOME", "StreamOutcome", "stream_parts"]
+
+log = logging.getLogger(__name__)
+
+StreamOutcome = Literal["complete", "client-gone", "cut"]
+STREAM_OUTCOME = "ncpeh.stream_outcome"
+
+
+async def stream_parts(
+    request: web.Request,
+    events: AsyncGenerator[RetrieveEvent, None],
+    *,
+    content_type: Callable[[str], str],
+    part_type: str,
+    what: str,
+) -> web.StreamResponse:
+    """Stream ``events`` (a PartHead, its body chunks, the next PartHead...) as one
+    ``multipart/related`` response whose Content-Type is ``content_type(boundary)``.
+
+    A part without a ``content-type`` header gets ``part_type``. ``what`` names the resource
+    in logs (no patient data). Closes ``events`` in every case.
+    """
+    async with aclosing(events):
+        first = await anext(events, None)
+        if first is None:
+            raise NotFound("nothing found", detail={"resource": what})
+        boundary = multipart.new_boundary()
+        response = web.StreamResponse(headers={"Content-Type": content_type(boundary)})
+        await response.prepare(request)
+        streams = request.app[ACTIVE_STREAMS]
+        transport = request.transport
+        outcome: StreamOutcome = "cut"
+        try:
+            if transport is not None:
+                streams.add(transport)
+            await _write(response, boundary, part_type, first, events)
+            outcome = "complete"
+        except ConnectionError:
+            outcome = "client-gone"
+            log.info("client went away during %s", what)
+        except Exception as exc:
+            # Headers are gone: cut the connection so the truncated body never looks whole.
+            reason = exc.message if isinstance(exc, GatewayError) else type(exc).__name__
+            if not isinstance(exc, GatewayError):
+                log.exception("%s failed", what)
+            log.warning("%s cut short: %s", what, reason)
+            abort_connection(request)
+        finally:
+            request[STREAM_OUTCOME] = outcome
+            if transport is not None:
+                streams.discard(transport)
+    return response
+
+
+async def _write(
+    response: web.StreamResponse,
+    boundary: str,
+    part_type: str,
+    first: RetrieveEvent,
+    events: AsyncGenerator[RetrieveEvent, None],
+) -> None:
+    parts = 0
+    event: RetrieveEvent | None = first
+    while event is not None:
+        if isinstance(event, PartHead):
+            headers = dict(event.headers)
+            headers.setdefault("content-type", part_type)
+            await response.write(
+                multipart.part_header(boundary, _titled(headers), first=parts == 0)
+            )
+            parts += 1
+        else:
+            await response.write(event)
+        event = await anext(events, None)
+    await response.write(multipart.closing_delimiter(boundary, empty=parts == 0))
+    await response.write_eof()
+
+
+def _titled(headers: dict[str, str]) -> dict[str, str]:
+    return {"-".join(w.capitalize() for w in k.split("-")): v for k, v in headers.items()}
