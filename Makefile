@@ -9,16 +9,23 @@ PORT ?= 8080
 # sample data loaded by `make run` (core: a few patients CT/MR/CR; large: a 263 MB CT; testdata: pydicom's files)
 LOAD ?= core testdata
 
-.PHONY: help deps venv run test test-unit check lint format pacs-up pacs-down clean bench
+.PHONY: help deps deps-browser venv run test test-unit check lint format pacs-up pacs-down clean bench \
+	viewer viewer-test
 
 help:
-	@echo "make run    gateway on http://127.0.0.1:$(PORT) in front of a local Orthanc with sample studies"
+	@echo "make run    gateway on http://127.0.0.1:$(PORT) in front of a local Orthanc with sample studies,"
+	@echo "            and the OHIF viewer at http://127.0.0.1:$(PORT)/viewer/"
 	@echo "make test   unit + integration tests (starts its own Orthanc)"
 	@echo "make check  ruff + mypy --strict"
+	@echo "make viewer-test  OHIF in headless Chromium against the gateway (DICOMweb, C-GET, C-MOVE sites)"
 
-# System packages: Orthanc + its DICOMweb plugin (the PACS), dcmtk (second DIMSE peer), curl.
+# System packages: Orthanc + its DICOMweb plugin (the PACS), dcmtk (second DIMSE peer), curl,
+# node/npm (to fetch the viewer); deps-browser adds chromium for the viewer test.
 deps:
 	@bash scripts/install-deps.sh
+
+deps-browser:
+	@bash scripts/install-deps.sh --browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +39,7 @@ run: deps venv
 	@mkdir -p $(STATE)
 	@bash scripts/run-demo.sh $(PORT) $(LOAD)
 
-test: deps venv
+test: deps-browser venv
 	$(PY) -m pytest -q
 
 test-unit: venv
@@ -55,7 +62,18 @@ pacs-down:
 	bash scripts/orthanc.sh stop --dir $(CURDIR)/$(STATE)/orthanc --purge
 
 clean:
-	rm -rf $(VENV) $(STATE) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) $(STATE) .mypy_cache .ruff_cache .pytest_cache *.egg-info tests/viewer/node_modules
+
+# The OHIF viewer served at /viewer/: its prebuilt dist/, version pinned in scripts/ohif.sh,
+# fetched once into ~/.cache/ncpeh-dicomweb. Prints its path.
+viewer:
+	@bash scripts/ohif.sh
+
+# OHIF in headless Chromium (Debian's chromium, playwright-core from tests/viewer): study list,
+# patient filter and the sample studies rendered, over the DICOMweb, C-GET and C-MOVE sites.
+# Starts its own Orthanc (reuse one: NCPEH_TEST_ORTHANC_DIR=$$PWD/var/orthanc).
+viewer-test: deps-browser venv viewer
+	$(PY) -m pytest -q -s tests/integration/test_viewer.py
 
 # Benchmarks against the PACS reached directly, in one run (needs `make pacs-up LOAD="core large"`).
 bench: venv

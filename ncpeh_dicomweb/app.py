@@ -13,7 +13,7 @@ from .backends.dicomweb import DicomWebBackend
 from .backends.dimse.backend import DimseBackend
 from .config import DicomWebSite, Settings, Site
 from .imaging.pool import ImagingPool
-from .web import health, pixels, qido, wado
+from .web import health, pixels, qido, viewer, wado
 from .web.keys import ACTIVE_STREAMS, BACKENDS, IMAGING_POOL, METADATA_CACHE, SETTINGS
 from .web.metadata_cache import MetadataCache
 from .web.middleware import error_middleware
@@ -46,6 +46,7 @@ def create_app(settings: Settings) -> web.Application:
         app.add_routes(wado.routes(prefix))
         app.add_routes(pixels.routes(prefix))
     app.add_routes(health.routes())
+    app.add_routes(viewer.routes(settings))  # OHIF at /viewer/, if configured
     return app
 
 

@@ -17,6 +17,7 @@ from .config import (
     ConfigError,
     Settings,
     check_http_url,
+    check_viewer_dir,
     load_settings,
     parse_dimse_address,
     settings_from_mapping,
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="port to listen on (default 8080)")
         p.add_argument("--public-url", help="the gateway's public base URL")
+        p.add_argument("--viewer-dir", help="serve this OHIF dist/ at /viewer/ (scripts/ohif.sh)")
         p.add_argument("--log-level", default=os.environ.get("NCPEH_LOG_LEVEL", "INFO"))
     return parser
 
@@ -82,6 +84,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["port"] = args.port
     if args.public_url:
         overrides["public_url"] = check_http_url(args.public_url, "--public-url")
+    if args.viewer_dir:
+        overrides["viewer_dir"] = check_viewer_dir(args.viewer_dir, "--viewer-dir")
     if overrides:
         settings = replace(settings, **overrides)
     return settings
@@ -107,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "check-config":
         sites = ", ".join(f"{s.id} ({s.kind})" for s in settings.sites)
-        print(f"configuration OK: sites {sites}; default {settings.default_site}")
+        viewer = f"; viewer at /viewer/ from {settings.viewer_dir}" if settings.viewer_dir else ""
+        print(f"configuration OK: sites {sites}; default {settings.default_site}{viewer}")
         return 0
     web.run_app(
         create_app(settings),

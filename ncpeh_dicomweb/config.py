@@ -15,6 +15,9 @@ Example::
     [limits]
     qido_max_results = 1000
 
+    [viewer]
+    dir = "/srv/ohif/dist"   # optional: serve the OHIF viewer (scripts/ohif.sh) at /viewer/
+
     [[sites]]
     id = "central"
     kind = "dicomweb"
@@ -46,6 +49,7 @@ __all__ = [
     "Limits",
     "Settings",
     "check_http_url",
+    "check_viewer_dir",
     "load_settings",
     "parse_dimse_address",
     "settings_from_mapping",
@@ -117,6 +121,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     limits: Limits = Limits()
+    viewer_dir: str | None = None  # OHIF's prebuilt dist/, served at /viewer/; None: no viewer
 
     def site(self, site_id: str) -> Site | None:
         return next((s for s in self.sites if s.id == site_id), None)
@@ -138,11 +143,14 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
 
 def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     """Build :class:`Settings` from parsed TOML (or flags), validating every key."""
-    _no_unknown(raw, {"public_url", "default_site", "server", "limits", "sites"}, "")
+    _no_unknown(raw, {"public_url", "default_site", "server", "limits", "sites", "viewer"}, "")
     server = _table(raw, "server")
     _no_unknown(server, {"host", "port"}, "server.")
     limits_raw = _table(raw, "limits")
     _no_unknown(limits_raw, {"qido_max_results", "max_query_string"}, "limits.")
+    viewer = _table(raw, "viewer")
+    _no_unknown(viewer, {"dir"}, "viewer.")
+    viewer_dir = _opt_str(viewer, "dir", "viewer.")
     sites_raw = raw.get("sites")
     if not isinstance(sites_raw, list) or not sites_raw:
         raise ConfigError("sites: at least one [[sites]] table is required")
@@ -166,6 +174,7 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
             qido_max_results=_int(limits_raw, "qido_max_results", "limits.", 1000, 1, 100_000),
             max_query_string=_int(limits_raw, "max_query_string", "limits.", 8192, 256, 1 << 20),
         ),
+        viewer_dir=None if viewer_dir is None else check_viewer_dir(viewer_dir, "viewer.dir"),
     )
 
 
@@ -332,6 +341,14 @@ def _float(raw: Mapping[str, Any], key: str, where: str, default: float) -> floa
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
         raise ConfigError(f"{where}{key}: must be a number of seconds in (0, 86400], not {value!r}")
     return float(value)
+
+
+def check_viewer_dir(value: str, key: str) -> str:
+    """``value`` as an absolute path if it holds a viewer (an index.html), else ConfigError."""
+    path = Path(value).expanduser().resolve()
+    if not (path / "index.html").is_file():
+        raise ConfigError(f"{key}: no index.html in {value!r} (scripts/ohif.sh fetches the viewer)")
+    return str(path)
 
 
 def check_http_url(value: str, key: str) -> str:

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Install the Debian packages the gateway's tests and demo need, if any is missing.
+# --browser: also chromium, the browser the viewer test drives (never one Playwright downloads).
 set -euo pipefail
 want=(orthanc orthanc-dicomweb dcmtk curl)
+[ "${1:-}" = "--browser" ] && want+=(chromium)
 missing=()
 for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# node and npm (fetching the OHIF viewer; its test driver) may come from elsewhere, e.g.
+# NodeSource's nodejs, which bundles npm and conflicts with Debian's npm: check the commands.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
 echo "install-deps: installing ${missing[*]}" >&2

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make run`: a local Orthanc loaded with sample studies, and the gateway in front of it.
-# Ctrl-C stops both. Usage: run-demo.sh PORT [SET...]   (sets: core large testdata)
+# `make run`: a local Orthanc loaded with sample studies, the gateway in front of it, and the
+# OHIF viewer served by the gateway at /viewer/. Ctrl-C stops both.
+# Usage: run-demo.sh PORT [SET...]   (sets: core large testdata)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port="${1:-8080}"; shift || true
@@ -13,6 +14,14 @@ loads=(); for s in "${sets[@]}"; do loads+=(--load "$s"); done
 eval "$(bash scripts/orthanc.sh start --dir "$state" "${loads[@]}")"
 trap 'bash scripts/orthanc.sh stop --dir "$state" --purge' EXIT
 
+# The viewer is a 50 MB download the first time: without it the gateway still runs.
+viewer=""
+if dist=$(bash scripts/ohif.sh); then
+  viewer=$'[viewer]\n'"dir = \"$dist\""
+else
+  echo "run-demo: could not fetch the OHIF viewer (scripts/ohif.sh): running without it" >&2
+fi
+
 base="http://127.0.0.1:$port"
 config="$PWD/var/demo.toml"
 cat > "$config" <<TOML
@@ -20,6 +29,7 @@ public_url = "$base"
 default_site = "orthanc"
 [server]
 port = $port
+$viewer
 [[sites]]
 id = "orthanc"              # the PACS over DICOMweb
 url = "$DICOMWEB_ROOT"
@@ -33,8 +43,15 @@ cache_dir = "$PWD/var/cache-dimse"
 TOML
 study=$(curl -sf "$DICOMWEB_ROOT/studies?ModalitiesInStudy=CT&limit=1" \
   | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d[0]["0020000D"]["Value"][0] if d else "")')
+viewer_lines=""
+if [ -n "$viewer" ]; then
+  viewer_lines="
+  Viewer (OHIF)                    $base/viewer/
+    through DIMSE (C-FIND, C-GET)  $base/viewer/?datasources=dimse
+"
+fi
 cat <<TXT
-
+$viewer_lines
   PACS (Orthanc, for comparison)   $DICOMWEB_ROOT
   Gateway                          $base/dicom-web
 

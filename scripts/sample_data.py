@@ -1065,8 +1065,9 @@ def load_testdata(orthanc: Orthanc, threads: int) -> Json:
             if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
                 return {"result": "skipped"}
             if path in renamed:
-                data = _with_sop(data, renamed[path])
-                ds.SOPInstanceUID = renamed[path]
+                data = _with_uids(data, renamed[path])
+                for keyword, value in renamed[path].items():
+                    setattr(ds, keyword, value)
         except Exception:
             return {"result": "skipped"}
         try:
@@ -1123,26 +1124,31 @@ def load_testdata(orthanc: Orthanc, threads: int) -> Json:
     }
 
 
-def _duplicate_sops(files: Sequence[Path]) -> dict[Path, str]:
-    """Files whose SOP Instance UID an earlier file (in name order) already has → a new UID."""
+def _duplicate_sops(files: Sequence[Path]) -> dict[Path, dict[str, str]]:
+    """A new SOP Instance UID for each file (in name order) whose UID an earlier one has."""
     seen: set[str] = set()
-    renamed: dict[Path, str] = {}
+    renamed: dict[Path, dict[str, str]] = {}
     for path in files:
         try:
             sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
         except Exception:
             continue
         if sop in seen:
-            renamed[path] = uid("testdata", path.name)
+            renamed[path] = {"SOPInstanceUID": uid("testdata", path.name)}
         seen.add(sop)
     return renamed
 
 
-def _with_sop(data: bytes, sop: str) -> bytes:
-    """The file with another SOP Instance UID (data set and file meta), otherwise as it was."""
+def _with_uids(data: bytes, uids: dict[str, str]) -> bytes:
+    """The file with other UIDs (data set, and file meta for the SOP), otherwise as it was."""
     ds = pydicom.dcmread(io.BytesIO(data))
-    ds.SOPInstanceUID = sop
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    for _ in ds.iterall():
+        pass  # read, UN elements of known tags take their VR: Orthanc keeps a UN Patient ID's
+        # padding and would file the instance under another patient than its twins
+    for keyword, value in uids.items():
+        setattr(ds, keyword, value)
+    if "SOPInstanceUID" in uids:
+        ds.file_meta.MediaStorageSOPInstanceUID = uids["SOPInstanceUID"]
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=False)
     return out.getvalue()

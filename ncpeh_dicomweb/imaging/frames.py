@@ -20,7 +20,7 @@ import pydicom
 from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import get_expected_length, pixel_array
 
-from ..errors import GatewayError, NotAcceptable, NotFound
+from ..errors import BackendError, GatewayError, NotAcceptable, NotFound
 
 __all__ = ["PixelLayout", "decode_frame", "parse_frame_list", "pixel_layout", "read_frame"]
 
@@ -98,8 +98,9 @@ def _pixel_layout(path: Path) -> PixelLayout:
             return PixelLayout(syntax, frames, False, ())
         size = get_expected_length(ds, unit="bytes") // frames  # YBR_FULL_422 is subsampled
         if size * frames > length:
-            raise NotAcceptable(
-                "the instance's pixel data is shorter than its frames", detail={"frames": frames}
+            raise BackendError(
+                "the PACS holds this instance with pixel data shorter than its frames",
+                detail={"frames": frames},
             )
         spans = tuple(((value_at + i * size, size),) for i in range(frames))
         return PixelLayout(syntax, frames, False, spans)
@@ -162,7 +163,7 @@ def _read_at(fp: BinaryIO, offset: int, length: int) -> bytes:
     fp.seek(offset)
     data = fp.read(length)
     if len(data) != length:
-        raise NotAcceptable("the instance's pixel data is truncated", detail={"offset": offset})
+        raise BackendError("the PACS holds this instance with truncated pixel data")
     return data
 
 

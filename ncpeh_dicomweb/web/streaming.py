@@ -48,13 +48,13 @@ async def stream_parts(
             raise NotFound("nothing found", detail={"resource": what})
         boundary = multipart.new_boundary()
         response = web.StreamResponse(headers={"Content-Type": content_type(boundary)})
-        await response.prepare(request)
         streams = request.app[ACTIVE_STREAMS]
         transport = request.transport
         outcome: StreamOutcome = "cut"
         try:
             if transport is not None:
                 streams.add(transport)
+            await response.prepare(request)  # the client may be gone already (a viewer's prefetch)
             await _write(response, boundary, part_type, first, events)
             outcome = "complete"
         except ConnectionError:

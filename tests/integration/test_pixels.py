@@ -201,11 +201,11 @@ def test_dimse_frames_come_from_the_cache(
     loaded: Callable[[str], Loaded], dimse_gateway: DimseGateway
 ) -> None:
     """After the first view, frames of a DIMSE site cost the PACS nothing (counted)."""
-    url = loaded("rtdose_rle.dcm").url(dimse_gateway, "get")
+    url = loaded("examples_ybr_color.dcm").url(dimse_gateway, "get")
     first = requests.get(f"{url}/frames/1", headers={"Accept": OHIF_FRAMES}, timeout=60)
     assert first.status_code == 200, first.text
     before = requests.get(f"{dimse_gateway.url}/health/stats", timeout=10).json()["sites"]["get"]
-    for number in range(1, 16):
+    for number in range(1, 31):
         again = requests.get(f"{url}/frames/{number}", headers={"Accept": OHIF_FRAMES}, timeout=60)
         assert again.status_code == 200
     metadata = requests.get(f"{url}/metadata", timeout=60)
