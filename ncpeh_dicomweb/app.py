@@ -14,6 +14,7 @@ from .backends.dimse.backend import DimseBackend
 from .config import DicomWebSite, Settings, Site
 from .imaging.pool import ImagingPool
 from .web import health, pixels, qido, viewer, wado
+from .web.cors import add_cors_headers, cors_middleware
 from .web.keys import ACTIVE_STREAMS, BACKENDS, IMAGING_POOL, METADATA_CACHE, SETTINGS
 from .web.metadata_cache import MetadataCache
 from .web.middleware import error_middleware
@@ -31,7 +32,7 @@ def create_app(settings: Settings) -> web.Application:
     # aiohttp refuses longer request lines itself, with a bare 400: let ours (414) speak first.
     line = settings.limits.max_query_string + 4096
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[error_middleware, cors_middleware],
         handler_args={"max_line_size": line, "max_field_size": 16384},
     )
     app[SETTINGS] = settings
@@ -41,6 +42,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_backends)
     app.cleanup_ctx.append(_imaging_pool)
     app.on_shutdown.append(_cut_streams)
+    app.on_response_prepare.append(add_cors_headers)
     for prefix in _PREFIXES:
         app.add_routes(qido.routes(prefix))
         app.add_routes(wado.routes(prefix))

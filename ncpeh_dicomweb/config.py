@@ -33,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -122,6 +123,10 @@ class Settings:
     port: int = 8080
     limits: Limits = Limits()
     viewer_dir: str | None = None  # OHIF's prebuilt dist/, served at /viewer/; None: no viewer
+    # Browser origins allowed to call the gateway (CORS); ("*",) for any; () for none.
+    cors_origins: tuple[str, ...] = ()
+    # Proxies (addresses or networks) whose Forwarded / X-Forwarded-* headers name the public URL.
+    trusted_proxies: tuple[str, ...] = ()
 
     def site(self, site_id: str) -> Site | None:
         return next((s for s in self.sites if s.id == site_id), None)
@@ -145,7 +150,7 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
     """Build :class:`Settings` from parsed TOML (or flags), validating every key."""
     _no_unknown(raw, {"public_url", "default_site", "server", "limits", "sites", "viewer"}, "")
     server = _table(raw, "server")
-    _no_unknown(server, {"host", "port"}, "server.")
+    _no_unknown(server, {"host", "port", "cors_origins", "trusted_proxies"}, "server.")
     limits_raw = _table(raw, "limits")
     _no_unknown(limits_raw, {"qido_max_results", "max_query_string"}, "limits.")
     viewer = _table(raw, "viewer")
@@ -175,6 +180,13 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
             max_query_string=_int(limits_raw, "max_query_string", "limits.", 8192, 256, 1 << 20),
         ),
         viewer_dir=None if viewer_dir is None else check_viewer_dir(viewer_dir, "viewer.dir"),
+        cors_origins=tuple(
+            _check_origin(o, "server.cors_origins") for o in _str_list(server, "cors_origins")
+        ),
+        trusted_proxies=tuple(
+            _check_network(n, "server.trusted_proxies")
+            for n in _str_list(server, "trusted_proxies")
+        ),
     )
 
 
@@ -341,6 +353,30 @@ def _float(raw: Mapping[str, Any], key: str, where: str, default: float) -> floa
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
         raise ConfigError(f"{where}{key}: must be a number of seconds in (0, 86400], not {value!r}")
     return float(value)
+
+
+def _str_list(raw: Mapping[str, Any], key: str) -> list[str]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"server.{key}: must be a list of strings")
+    return value
+
+
+def _check_origin(value: str, key: str) -> str:
+    """``*`` or a browser origin (scheme://host[:port], RFC 6454), without a trailing slash."""
+    if value == "*":
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise ConfigError(f"{key}: {value!r} is not an origin such as https://viewer.example")
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _check_network(value: str, key: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not an IP address or network") from None
 
 
 def check_viewer_dir(value: str, key: str) -> str:

@@ -211,7 +211,11 @@ def write_dimse_config(
     config = work / "gateway.toml"
     config.write_text(
         f'public_url = "http://127.0.0.1:{port}"\ndefault_site = "web"\n'
-        f"[server]\nport = {port}\n" + "\n".join(sites) + "\n"
+        f"[server]\nport = {port}\n"
+        # Loopback is the trusted proxy here (tests send Forwarded); one origin may use CORS.
+        'trusted_proxies = ["127.0.0.1"]\ncors_origins = ["https://viewer.example"]\n'
+        + "\n".join(sites)
+        + "\n"
     )
     return config
 

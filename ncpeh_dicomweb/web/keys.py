@@ -11,6 +11,7 @@ from ..backends.base import Backend
 from ..config import Settings
 from ..errors import NotFound
 from ..imaging.pool import ImagingPool
+from .forwarded import forwarded_origin, is_trusted
 from .metadata_cache import MetadataCache
 
 __all__ = [
@@ -55,6 +56,16 @@ class SiteContext:
     base_url: str  # the gateway's public DICOMweb root for this site, as the client sees it
 
 
+def _public_root(request: web.Request, settings: Settings) -> str:
+    """The gateway's root as the client sees it: from a trusted proxy's Forwarded headers,
+    else the configured public URL, else the request's own scheme and Host."""
+    if is_trusted(request.remote, settings.trusted_proxies):
+        forwarded = forwarded_origin(request.headers)
+        if forwarded is not None:
+            return forwarded
+    return settings.public_url or str(request.url.origin())
+
+
 def site_context(request: web.Request) -> SiteContext:
     """The site a request is for (``/site/{site}/...`` or the default), or 404."""
     settings = request.app[SETTINGS]
@@ -68,5 +79,5 @@ def site_context(request: web.Request) -> SiteContext:
     backend = backends.get(site_id)
     if backend is None:
         raise NotFound("no such site", detail={"site": site_id[:64]})
-    public = settings.public_url or str(request.url.origin())
+    public = _public_root(request, settings)
     return SiteContext(site_id, backend, public.rstrip("/") + suffix)

@@ -106,3 +106,26 @@ def test_pacs_dimse_flag() -> None:
     for bad in ("ORTHANC@127.0.0.1", "127.0.0.1:4242", "@h:1", "A@h:x"):
         with pytest.raises(ConfigError, match="pacs-dimse"):
             parse_dimse_address(bad)
+
+
+def test_cors_origins_and_trusted_proxies() -> None:
+    server = {"cors_origins": ["HTTPS://Viewer.Example:8443/", "*"], "trusted_proxies": ["::1"]}
+    settings = settings_from_mapping({"server": server, "sites": [_site()]}, {})
+    assert settings.cors_origins == ("https://viewer.example:8443", "*")
+    assert settings.trusted_proxies == ("::1/128",)
+    assert settings_from_mapping({"sites": [_site()]}, {}).cors_origins == ()
+
+
+@pytest.mark.parametrize(
+    ("server", "name"),
+    [
+        ({"cors_origins": ["viewer.example"]}, "server.cors_origins"),
+        ({"cors_origins": ["https://viewer.example/path"]}, "server.cors_origins"),
+        ({"cors_origins": "https://viewer.example"}, "server.cors_origins"),
+        ({"trusted_proxies": ["proxy.local"]}, "server.trusted_proxies"),
+        ({"trusted_proxies": [1]}, "server.trusted_proxies"),
+    ],
+)
+def test_bad_cors_and_proxy_settings(server: dict[str, Any], name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        settings_from_mapping({"server": server, "sites": [_site()]}, {})
