@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +84,15 @@ class Backend(Protocol):
 
     async def metadata(self, target: Target, base_url: str) -> list[DicomJson]:
         """WADO-RS metadata (PS3.18 10.4.1.1.2): bulk data as BulkDataURI."""
+        ...
+
+    def pacs_frames(
+        self, target: Target, numbers: Sequence[int], base_url: str
+    ) -> AsyncGenerator[RetrieveEvent, None] | None:
+        """The PACS's own frames of an instance as it stores them (PS3.18 10.4.1.1.4), each
+        part labelled ``media-type; transfer-syntax=UID``; None when the backend has none to
+        offer or its local copy would serve faster. A failure before the first part lets
+        the caller fall back to :meth:`instance_file`."""
         ...
 
     def instance_file(self, target: Target) -> AbstractAsyncContextManager[Path]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +25,7 @@ from ..dicomweb.matching import loosen_for_upstream, matches_all
 from ..dicomweb.media import EXPLICIT_VR_LITTLE_ENDIAN, InstanceMedia
 from ..dicomweb.part10 import NEED_MORE, transfer_syntax_of
 from ..dicomweb.query import QidoQuery, encode_query, to_params
+from ..dicomweb.uids import is_valid_uid
 from ..errors import (
     BackendBusy,
     BackendError,
@@ -196,6 +197,37 @@ class DicomWebBackend:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise _map_client_error(exc) from None
 
+    def pacs_frames(
+        self, target: Target, numbers: Sequence[int], base_url: str
+    ) -> AsyncGenerator[RetrieveEvent, None] | None:
+        if self._files.has(target):
+            return None  # read from the local copy: no PACS round trip
+        return self._pacs_frames(target, numbers, base_url)
+
+    async def _pacs_frames(
+        self, target: Target, numbers: Sequence[int], base_url: str
+    ) -> AsyncGenerator[RetrieveEvent, None]:
+        frames = ",".join(map(str, numbers))
+        url = f"{self._root}/{target.path()}/frames/{frames}"
+        rewrite = UrlRewriter(self._roots, base_url)
+        async with self._request(url, _FRAMES_AS_STORED, self._stream_timeout) as resp:
+            outer = resp.headers.get("Content-Type", "")
+            try:
+                reader = multipart.MultipartReader(multipart.boundary_from_content_type(outer))
+            except multipart.MultipartError:
+                raise BackendError("the PACS answered frames without a multipart body") from None
+            try:
+                async for chunk in resp.content.iter_chunked(_READ_SIZE):
+                    for event in _events(reader, chunk, rewrite):
+                        yield (
+                            _labelled_frame(event, outer) if isinstance(event, PartHead) else event
+                        )
+                reader.finish()
+            except multipart.MultipartError as exc:
+                raise BackendError(f"the PACS sent a broken multipart stream: {exc}") from None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _map_client_error(exc) from None
+
     def instance_file(self, target: Target) -> AbstractAsyncContextManager[Path]:
         return self._files.open(target, lambda: self.retrieve(target, InstanceMedia("*"), ""))
 
@@ -312,6 +344,27 @@ class _PartLabeler:
         self._head = None
         self._held = []
         return out
+
+
+_FRAMES_AS_STORED = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+
+
+def _labelled_frame(head: PartHead, outer: str) -> PartHead:
+    """A frame part labelled ``media; transfer-syntax=UID`` (PS3.18 8.7.3.3.2), from its own
+    Content-Type or, failing that, the response's ``type`` parameter, where Orthanc puts the
+    syntax (``type="image/jp2; transfer-syntax=..."``). A part whose syntax cannot be told is
+    refused: the client would not know how to decode it."""
+    headers = dict(head.headers)
+    for value in (
+        headers.get("content-type", ""),
+        multipart.parse_content_type(outer)[1].get("type", ""),
+    ):
+        media, params = multipart.parse_content_type(value)
+        syntax = params.get("transfer-syntax", "")
+        if media and is_valid_uid(syntax):
+            headers["content-type"] = f"{media}; transfer-syntax={syntax}"
+            return PartHead(headers)
+    raise BackendError("the PACS sent a frame without saying its transfer syntax")
 
 
 def _qido_path(level: Level, scope: Scope) -> str:

@@ -32,6 +32,12 @@ class InstanceFiles:
         self._fetching: dict[_Key, asyncio.Task[None]] = {}
         self.fetches = 0
 
+    def has(self, target: Target) -> bool:
+        """Whether the instance is on disk now (it may still be evicted before use)."""
+        if target.series is None or target.instance is None:
+            return False
+        return self._cache.get(target.study, target.series, target.instance) is not None
+
     @asynccontextmanager
     async def open(self, target: Target, fetch: Fetch) -> AsyncIterator[Path]:
         """The instance's file, fetched with ``fetch`` unless kept; it stays while in use."""

@@ -41,6 +41,7 @@ __all__ = [
     "closing_delimiter",
     "content_type",
     "new_boundary",
+    "parse_content_type",
     "part_header",
 ]
 
@@ -174,6 +175,18 @@ def _unquote(value: str) -> str:
     if len(value) >= 2 and value[0] == value[-1] == '"':
         return re.sub(r"\\(.)", r"\1", value[1:-1])
     return value
+
+
+def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
+    """``media/type`` (lower-cased) and its parameters (names lower-cased, values unquoted)
+    of a Content-Type (RFC 9110 8.3.1)."""
+    pieces = _split_params(value)
+    params: dict[str, str] = {}
+    for param in pieces[1:]:
+        name, eq, raw = param.partition("=")
+        if eq:
+            params.setdefault(name.strip().lower(), _unquote(raw.strip()))
+    return pieces[0].strip().lower(), params
 
 
 def boundary_from_content_type(value: str) -> str:

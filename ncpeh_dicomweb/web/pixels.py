@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from pathlib import Path
 
 from aiohttp import web
@@ -18,7 +19,15 @@ from ..dicomweb.attributes import Level
 from ..dicomweb.dicomjson import first_value
 from ..dicomweb.media import FrameMedia, negotiate_bulk, negotiate_frames, negotiate_rendered
 from ..dicomweb.query import parse_qido
-from ..errors import BadRequest, NotAcceptable, NotFound
+from ..errors import (
+    BackendBusy,
+    BackendTimeout,
+    BackendUnreachable,
+    BadRequest,
+    GatewayError,
+    NotAcceptable,
+    NotFound,
+)
 from ..imaging.bulkdata import PIXEL_DATA, parse_bulk_path, read_bulk
 from ..imaging.frames import PixelLayout, decode_frame, parse_frame_list, pixel_layout, read_frame
 from ..imaging.pool import ImagingPool
@@ -26,6 +35,7 @@ from ..imaging.render import parse_render_params, render
 from ..imaging.transcode import decodable
 from .keys import IMAGING_POOL, accept_of, site_context
 from .streaming import stream_parts
+from .transcoding import part_syntax
 from .wado import target_of
 
 __all__ = ["routes"]
@@ -46,6 +56,9 @@ async def frames(request: web.Request) -> web.StreamResponse:
     numbers = _frame_numbers(request)
     context = site_context(request)
     target = target_of(request)
+    passed = await _pacs_frames(request, context.backend, target, numbers, context.base_url)
+    if passed is not None:
+        return passed
     async with context.backend.instance_file(target) as path:
         layout = await asyncio.to_thread(pixel_layout, path)
         for number in numbers:
@@ -87,6 +100,52 @@ async def _frame(
     if media.decode:
         return await pool.run(decode_frame, path, number)
     return await asyncio.to_thread(read_frame, path, layout, number)
+
+
+async def _pacs_frames(
+    request: web.Request, backend: Backend, target: Target, numbers: Sequence[int], base_url: str
+) -> web.StreamResponse | None:
+    """The PACS's own frames, passed through when they are exactly what the gateway would send
+    from the instance as stored (the syntax the client accepts, nothing to decode); None to
+    let the caller work from the instance file instead (PACS refusal or failure included)."""
+    events = backend.pacs_frames(target, numbers, base_url)
+    if events is None:
+        return None
+    try:
+        first = await anext(events, None)
+    except (BackendUnreachable, BackendTimeout, BackendBusy):
+        await events.aclose()
+        raise  # the instance file would have to come from the same PACS
+    except GatewayError:
+        await events.aclose()
+        return None
+    stored = part_syntax(first) if isinstance(first, PartHead) else None
+    if first is None or stored is None:
+        await events.aclose()
+        return None
+    try:
+        media = negotiate_frames(accept_of(request), stored, allow_single_part=False)
+    except GatewayError:
+        media = None
+    if media is None or media.decode or media.transfer_syntax != stored:
+        await events.aclose()
+        return None
+    return await stream_parts(
+        request,
+        _chained(first, events),
+        content_type=media.content_type,
+        part_type=media.part_content_type(),
+        what=f"frames of {target.path()}",
+    )
+
+
+async def _chained(
+    first: RetrieveEvent, rest: AsyncGenerator[RetrieveEvent, None]
+) -> AsyncGenerator[RetrieveEvent, None]:
+    async with aclosing(rest):
+        yield first
+        async for event in rest:
+            yield event
 
 
 def _check_frame(layout: PixelLayout, number: int) -> None:

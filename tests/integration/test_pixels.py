@@ -213,3 +213,28 @@ def test_dimse_frames_come_from_the_cache(
     after = requests.get(f"{dimse_gateway.url}/health/stats", timeout=10).json()["sites"]["get"]
     assert after["retrieves"] == before["retrieves"]
     assert after["finds"] == before["finds"]
+
+
+def test_dicomweb_site_passes_the_pacs_frames_through(
+    loaded: Callable[[str], Loaded], dimse_gateway: DimseGateway
+) -> None:
+    """OHIF's Accept on a DICOMweb site: the PACS's own frames, no instance fetched; a client
+    that wants a JPEG 2000 frame decoded gets it from the instance file, decoded here."""
+    stats = f"{dimse_gateway.url}/health/stats"
+    item = loaded("SC_rgb_jpeg_gdcm.dcm")
+    before = requests.get(stats, timeout=10).json()["sites"]["web"]["instance_fetches"]
+    answer = requests.get(
+        f"{item.url(dimse_gateway, 'web')}/frames/1", headers={"Accept": OHIF_FRAMES}, timeout=60
+    )
+    ((headers, body),) = _parts(answer)
+    assert headers["content-type"] == "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.70"
+    assert body == _stored_frames(item.path)[0]
+    assert requests.get(stats, timeout=10).json()["sites"]["web"]["instance_fetches"] == before
+    j2k = loaded("693_J2KI.dcm")
+    decoded = requests.get(
+        f"{j2k.url(dimse_gateway, 'web')}/frames/1", headers={"Accept": UNCOMPRESSED}, timeout=60
+    )
+    ((headers, body),) = _parts(decoded)
+    assert headers["content-type"].startswith("application/octet-stream; transfer-syntax=")
+    assert body == pixel_array(j2k.path, index=0).tobytes()
+    assert requests.get(stats, timeout=10).json()["sites"]["web"]["instance_fetches"] == before + 1

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -215,6 +215,11 @@ class DimseBackend:
                 cached = await self._metadata_json(item)
                 out.append(with_bulk_uris(cached, f"{base_url}/{_instance_path(item)}"))
         return out
+
+    def pacs_frames(
+        self, target: Target, numbers: Sequence[int], base_url: str
+    ) -> AsyncGenerator[RetrieveEvent, None] | None:
+        return None  # DIMSE has no frame-level retrieve: frames come from the cache
 
     @asynccontextmanager
     async def instance_file(self, target: Target) -> AsyncIterator[Path]:
