@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..dicomweb.media import InstanceMedia
 from ..dicomweb.query import QidoQuery
 
 __all__ = ["Backend", "DicomJson", "PartHead", "RetrieveEvent", "Scope", "SearchResult", "Target"]
@@ -71,10 +70,10 @@ class Backend(Protocol):
         """QIDO-RS (PS3.18 10.6)."""
         ...
 
-    def retrieve(
-        self, target: Target, media: InstanceMedia, base_url: str
-    ) -> AsyncGenerator[RetrieveEvent, None]:
-        """WADO-RS instances (PS3.18 10.4): a PartHead, its body chunks, the next PartHead...
+    def retrieve(self, target: Target, base_url: str) -> AsyncGenerator[RetrieveEvent, None]:
+        """WADO-RS instances (PS3.18 10.4) as the PACS stores them: a PartHead (its
+        ``content-type`` names the part's transfer syntax), its body chunks, the next PartHead...
+        Converting them to what the client asked for is the gateway's job, not the backend's.
 
         The first event must come only once the PACS has accepted the request, so that a
         404/502/504 can still be answered with a status code. The iterator is closed

@@ -22,7 +22,6 @@ from ..dicomweb import multipart
 from ..dicomweb.attributes import Level
 from ..dicomweb.dicomjson import UrlRewriter, rewrite_urls
 from ..dicomweb.matching import loosen_for_upstream, matches_all
-from ..dicomweb.media import EXPLICIT_VR_LITTLE_ENDIAN, InstanceMedia
 from ..dicomweb.part10 import NEED_MORE, transfer_syntax_of
 from ..dicomweb.query import QidoQuery, encode_query, to_params
 from ..dicomweb.uids import is_valid_uid
@@ -32,7 +31,6 @@ from ..errors import (
     BackendTimeout,
     BackendUnreachable,
     GatewayError,
-    NotAcceptable,
     NotFound,
     UpstreamRejected,
 )
@@ -159,21 +157,10 @@ class DicomWebBackend:
 
     # ------------------------------------------------------------------ retrieve
 
-    async def retrieve(
-        self, target: Target, media: InstanceMedia, base_url: str
-    ) -> AsyncGenerator[RetrieveEvent, None]:
+    async def retrieve(self, target: Target, base_url: str) -> AsyncGenerator[RetrieveEvent, None]:
         url = f"{self._root}/{target.path()}"
         rewrite = UrlRewriter(self._roots, base_url)
-        # A syntax the PACS cannot produce shows as 400 or 500 from some (Orthanc): 406 it is.
-        unable = None
-        if media.transfer_syntax not in ("*", EXPLICIT_VR_LITTLE_ENDIAN):
-            unable = NotAcceptable(
-                f"the PACS cannot provide this in transfer syntax {media.transfer_syntax}",
-                detail={"transfer-syntax": media.transfer_syntax},
-            )
-        async with self._request(
-            url, media.upstream_accept(), self._stream_timeout, cannot_transcode=unable
-        ) as resp:
+        async with self._request(url, _AS_STORED, self._stream_timeout) as resp:
             try:
                 boundary = multipart.boundary_from_content_type(
                     resp.headers.get("Content-Type", "")
@@ -183,7 +170,7 @@ class DicomWebBackend:
                     "the PACS answered a retrieve without a multipart body"
                 ) from None
             reader = multipart.MultipartReader(boundary)
-            labeler = _PartLabeler(media.transfer_syntax)
+            labeler = _PartLabeler()
             try:
                 async for chunk in resp.content.iter_chunked(_READ_SIZE):
                     for event in _events(reader, chunk, rewrite):
@@ -229,7 +216,7 @@ class DicomWebBackend:
                 raise _map_client_error(exc) from None
 
     def instance_file(self, target: Target) -> AbstractAsyncContextManager[Path]:
-        return self._files.open(target, lambda: self.retrieve(target, InstanceMedia("*"), ""))
+        return self._files.open(target, lambda: self.retrieve(target, ""))
 
     # ------------------------------------------------------------------ plumbing
 
@@ -252,7 +239,6 @@ class DicomWebBackend:
         url: str,
         accept: str,
         client_timeout: aiohttp.ClientTimeout,
-        cannot_transcode: GatewayError | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         headers = {**self._headers, "Accept": accept}
         # encoded=True: yarl would otherwise re-quote `^` as %5E, which Orthanc never decodes.
@@ -266,8 +252,6 @@ class DicomWebBackend:
                 allow_redirects=False,
             ) as resp:
                 if resp.status >= 300:
-                    if cannot_transcode is not None and resp.status in _TRANSCODING_FAILED:
-                        raise cannot_transcode
                     raise _map_status(resp.status, resp.headers.get("Retry-After"))
                 yield resp
         except GatewayError:
@@ -297,15 +281,13 @@ def _events(
 class _PartLabeler:
     """Gives each part the Content-Type of the transfer syntax it really carries.
 
-    Orthanc labels parts plain ``application/dicom`` even when asked for a syntax; the File
-    Meta Information at the head of each part says which one it is (PS3.18 8.7.3.5.2). A part
-    in another syntax than the one asked for is a PACS fault: the stream is cut.
+    Orthanc labels parts plain ``application/dicom``; the File Meta Information at the head
+    of each part says which syntax it is (PS3.18 8.7.3.5.2).
     """
 
     _LOOK_AHEAD = 64 * 1024
 
-    def __init__(self, requested: str) -> None:
-        self._requested = requested
+    def __init__(self) -> None:
         self._head: PartHead | None = None
         self._held: list[bytes] = []
 
@@ -335,10 +317,6 @@ class _PartLabeler:
             return []
         headers = dict(self._head.headers)
         if syntax is not None:
-            if self._requested not in ("*", syntax):
-                raise BackendError(
-                    f"the PACS sent an instance in {syntax} instead of {self._requested}"
-                )
             headers["content-type"] = f"application/dicom; transfer-syntax={syntax}"
         out: list[RetrieveEvent] = [PartHead(headers), *self._held]
         self._head = None
@@ -346,6 +324,7 @@ class _PartLabeler:
         return out
 
 
+_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 _FRAMES_AS_STORED = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 
 
@@ -378,8 +357,6 @@ def _qido_path(level: Level, scope: Scope) -> str:
         + {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}[level]
     )
 
-
-_TRANSCODING_FAILED = frozenset({400, 406, 415, 500, 501})
 
 # Upstream HTTP status → our error. The PACS's 4xx about the request keep their meaning;
 # anything that says the gateway itself is misconfigured or the PACS failed is a 502.

@@ -10,7 +10,6 @@ from aiohttp import web
 from ..backends.base import Target
 from ..dicomweb.media import (
     DICOM_XML_MULTIPART,
-    InstanceMedia,
     negotiate_dicom_json,
     negotiate_instances,
 )
@@ -22,8 +21,6 @@ from .streaming import stream_parts
 from .transcoding import transcoded
 
 __all__ = ["routes", "target_of"]
-
-AS_STORED = InstanceMedia("*")
 
 
 def target_of(request: web.Request) -> Target:
@@ -42,7 +39,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     context = site_context(request)
     target = target_of(request)
     # The backend delivers instances as stored; the gateway converts what must be.
-    events = context.backend.retrieve(target, AS_STORED, context.base_url)
+    events = context.backend.retrieve(target, context.base_url)
     events = transcoded(events, media.transfer_syntax, request.app[IMAGING_POOL])
     return await stream_parts(
         request,

@@ -44,7 +44,6 @@ from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from ncpeh_dicomweb.app import create_app
 from ncpeh_dicomweb.backends.base import PartHead, Target
 from ncpeh_dicomweb.config import settings_from_mapping
-from ncpeh_dicomweb.dicomweb.media import negotiate_instances
 from ncpeh_dicomweb.web.keys import BACKENDS
 from tests.conftest import free_port
 
@@ -923,7 +922,7 @@ async def test_cancelled_part_read_closes_its_file(
     backend = client.app[BACKENDS]["pacs"]  # the study is cached now: parts come from files
     cached = next((tmp_path / "cache" / "data").rglob("*.dcm"))
     with _unclosed("file") as unclosed:
-        events = backend.retrieve(Target(STUDY), negotiate_instances(ACCEPT_DICOM), "http://x")
+        events = backend.retrieve(Target(STUDY), "http://x")
         assert isinstance(await anext(events), PartHead)
         body = asyncio.ensure_future(anext(events))  # the part's body: opens the file
         await asyncio.sleep(0)  # the body's first step: the file is being opened

@@ -147,7 +147,7 @@ async def test_overlong_query_string_is_414(gateway_client: TestClient[Any, Any]
             f"/dicom-web/studies/{UID}",
             'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2',
         ),
-        ("/dicom-web/studies", 'multipart/related; type="application/dicom+xml"'),
+        ("/dicom-web/studies", "application/dicom+xml"),  # XML is multipart only (PS3.18 8.7.5)
         ("/dicom-web/studies", "text/html"),
         (f"/dicom-web/studies/{UID}/metadata", "image/png"),
     ],

@@ -26,7 +26,6 @@ from pydicom import Dataset
 from ...config import DimseSite
 from ...dicomweb.attributes import Level
 from ...dicomweb.matching import matches_all
-from ...dicomweb.media import InstanceMedia
 from ...dicomweb.query import MatchKey, MatchKind, QidoQuery, parse_qido
 from ...errors import (
     BackendBusy,
@@ -42,7 +41,7 @@ from ..relational import UID_TAG, child_query, lower_keys, page, parent_uids, re
 from .contexts import GET_MODEL, MOVE_MODEL, ContextPlan, plan_retrieve
 from .flight import Flight
 from .identifiers import FindPlan, answer_to_json, find_identifier
-from .instances import file_chunks, metadata_of, prepared, study_and_series, with_bulk_uris
+from .instances import file_chunks, metadata_of, stored_syntax, study_and_series, with_bulk_uris
 from .operations import (
     Canceller,
     FindOutcome,
@@ -178,31 +177,24 @@ class DimseBackend:
 
     # ------------------------------------------------------------------ retrieve
 
-    async def retrieve(
-        self, target: Target, media: InstanceMedia, base_url: str
-    ) -> AsyncGenerator[RetrieveEvent, None]:
+    async def retrieve(self, target: Target, base_url: str) -> AsyncGenerator[RetrieveEvent, None]:
         async with aclosing(self._instances(target)) as items:
             async for item in items:
-                async with aclosing(self._part(item, media, base_url)) as part:
+                async with aclosing(self._part(item, base_url)) as part:
                     async for event in part:
                         yield event
 
     async def _part(
-        self, item: CachedInstance, media: InstanceMedia, base_url: str
+        self, item: CachedInstance, base_url: str
     ) -> AsyncGenerator[RetrieveEvent, None]:
-        """One instance as a part: its file as it is, or converted to the syntax asked for."""
-        body, syntax = await asyncio.to_thread(prepared, item.path, media.transfer_syntax)
+        """One instance as a part: its file as the PACS sent it, labelled with its syntax."""
+        syntax = await asyncio.to_thread(stored_syntax, item.path)
         location = f"{base_url}/studies/{item.study}/series/{item.series}/instances/{item.sop}"
         headers = {
             "content-type": f"application/dicom; transfer-syntax={syntax}",
             "content-location": location,
+            "content-length": str(item.size),
         }
-        if body is not None:
-            headers["content-length"] = str(len(body))
-            yield PartHead(headers)
-            yield body
-            return
-        headers["content-length"] = str(item.size)
         yield PartHead(headers)
         async with aclosing(file_chunks(item.path)) as chunks:
             async for chunk in chunks:

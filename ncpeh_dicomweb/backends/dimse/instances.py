@@ -1,4 +1,4 @@
-"""Instances in the cache as the client gets them: parts, converted copies, metadata.
+"""Instances in the cache as the client gets them: parts as stored, metadata.
 
 Blocking functions (file reads, pydicom) are called through ``asyncio.to_thread``.
 """
@@ -12,17 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from ...errors import NotAcceptable
 from ..base import DicomJson
 
-__all__ = ["file_chunks", "metadata_of", "prepared", "study_and_series", "with_bulk_uris"]
+__all__ = ["file_chunks", "metadata_of", "stored_syntax", "study_and_series", "with_bulk_uris"]
 
 _CHUNK = 1 << 20
 _BULK_THRESHOLD = 1024  # values longer than this become BulkDataURIs (PS3.18 F.2.6)
 _PLACEHOLDER = "{bulk}"
-_UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 
 
 def study_and_series(encoded: bytes) -> tuple[str, str]:
@@ -47,21 +44,9 @@ async def file_chunks(path: Path) -> AsyncGenerator[bytes, None]:
         handle.close()
 
 
-def prepared(path: Path, wanted: str) -> tuple[bytes | None, str]:
-    """(None, syntax) to send the file as it is, or (bytes, syntax) of a converted copy."""
-    stored = str(pydicom.filereader.read_file_meta_info(path).TransferSyntaxUID)
-    if wanted in ("*", stored):
-        return None, stored
-    if stored in _UNCOMPRESSED and wanted == ExplicitVRLittleEndian:
-        ds = pydicom.dcmread(path)
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        out = BytesIO()
-        ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)
-        return out.getvalue(), ExplicitVRLittleEndian
-    raise NotAcceptable(
-        f"the instance is stored as {stored}; transcoding it to {wanted} is not supported yet",
-        detail={"stored": stored, "requested": wanted},
-    )
+def stored_syntax(path: Path) -> str:
+    """The Transfer Syntax UID in a cached file's meta information (PS3.10 7.1)."""
+    return str(pydicom.filereader.read_file_meta_info(path).TransferSyntaxUID)
 
 
 def metadata_of(path: Path) -> DicomJson:
