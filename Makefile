@@ -62,7 +62,7 @@ pacs-down:
 	bash scripts/orthanc.sh stop --dir $(CURDIR)/$(STATE)/orthanc --purge
 
 clean:
-	rm -rf $(VENV) $(STATE) .mypy_cache .ruff_cache .pytest_cache *.egg-info tests/viewer/node_modules
+	rm -rf $(VENV) $(STATE) .mypy_cache .ruff_cache .pytest_cache *.egg-info tests/viewer/node_modules tests/node/node_modules
 
 # The OHIF viewer served at /viewer/: its prebuilt dist/, version pinned in scripts/ohif.sh,
 # fetched once into ~/.cache/ncpeh-dicomweb. Prints its path.

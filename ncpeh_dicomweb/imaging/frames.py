@@ -222,10 +222,15 @@ def _fragment_spans(
 
 def _frame_by_markers(path: Path, layout: PixelLayout, number: int) -> bytes:
     """An encapsulated frame found by pydicom's end-of-frame marker search (no offset table)."""
-    ds = pydicom.dcmread(path)
-    for index, frame in enumerate(
-        generate_frames(ds.PixelData, number_of_frames=layout.frames), start=1
-    ):
-        if index == number:
-            return frame
+    try:
+        ds = pydicom.dcmread(path)
+        for index, frame in enumerate(
+            generate_frames(ds.PixelData, number_of_frames=layout.frames), start=1
+        ):
+            if index == number:
+                return frame
+    except Exception as exc:  # pydicom's search gave up on these fragments
+        raise NotAcceptable(
+            "the instance's frames cannot be told apart", detail={"reason": type(exc).__name__}
+        ) from None
     raise NotFound("no such frame", detail={"frame": number})

@@ -33,7 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.pixels.utils import pixel_array
 
-from ..errors import BadRequest, NotAcceptable, NotFound
+from ..errors import BadRequest, GatewayError, NotAcceptable, NotFound
 
 __all__ = [
     "DEFAULT_QUALITY",
@@ -500,7 +500,20 @@ def render(path: Path, frame: int, params: RenderParams) -> bytes:
     Raises :class:`~ncpeh_dicomweb.errors.NotFound` for a frame the instance lacks,
     :class:`~ncpeh_dicomweb.errors.NotAcceptable` for an instance without renderable pixels,
     :class:`~ncpeh_dicomweb.errors.BadRequest` for a source region outside the image.
+    Any other failure (a dataset pydicom or a codec refuses) is NotAcceptable too: the
+    stored data, not the request, is at fault, and a worker must never answer a traceback.
     """
+    try:
+        return _render(path, frame, params)
+    except GatewayError:
+        raise
+    except Exception as exc:
+        raise NotAcceptable(
+            "the instance could not be rendered", detail={"reason": type(exc).__name__}
+        ) from None
+
+
+def _render(path: Path, frame: int, params: RenderParams) -> bytes:
     header = dcmread(path, stop_before_pixels=True)
     pipeline = _pipeline(header)
     frames = _frame_count(header)
