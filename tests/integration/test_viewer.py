@@ -192,6 +192,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SITES = ["web", "get", "move"]  # the default site (DICOMweb), then C-GET and C-MOVE
 MOVE_AET = "NCPEH-VIEW-MOVE"
 STEP_TIMEOUT = 60  # seconds the driver waits for any one step (a list, an image)
+DAMAGED = ("MR_truncated.dcm",)  # pixel data shorter than its frames
 
 # pydicom's bundled files wanted, by what each shows, with the transfer syntaxes that make it
 # that case: the first file the PACS holds with a wanted syntax is taken (an older load kept
@@ -377,6 +378,7 @@ def _failure(result: dict[str, Any], study: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("site", SITES)
 def test_viewer_shows_the_sample_studies(
     site: str,
+    pacs: Pacs,
     viewer_gateway: ViewerGateway,
     samples: tuple[list[Sample], str],
     tmp_path: Path,
@@ -410,10 +412,14 @@ def test_viewer_shows_the_sample_studies(
     assert not failed, json.dumps(failed, indent=2)
     # Every file of the viewer found (one asked for at the root, i.e. not under /viewer/, would
     # fail here too), and no server error anywhere, even one the viewer shrugged off.
+    # The damaged files the PACS holds are the exception: the gateway answers their frames
+    # 502 (the PACS's data is broken), and the viewer shows the rest of their series.
+    by_file = pacs.manifest.get("testdata", {}).get("by_file", {})
+    damaged = [by_file[name]["sop"] for name in DAMAGED if name in by_file]
     wrong = [
         r
         for r in result["failedRequests"]
         if not urlsplit(r["url"]).path.startswith(("/dicom-web/", "/site/"))
-        or r.get("status", 0) >= 500
+        or (r.get("status", 0) >= 500 and not any(f"/{sop}/" in r["url"] for sop in damaged))
     ]
     assert not wrong, json.dumps(wrong, indent=2)
