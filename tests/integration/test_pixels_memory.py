@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import psutil
 import pydicom
 import pytest
 import requests
@@ -57,6 +58,17 @@ def _growth_mb(pid: int, before_kb: int) -> float:
     return (status_kb(pid, "VmHWM") - before_kb) / 1024
 
 
+def _workers_mb(pid: int) -> float:
+    """Peak resident memory of the imaging pool's worker processes, together."""
+    total = 0
+    for worker in psutil.Process(pid).children(recursive=True):
+        try:
+            total += status_kb(worker.pid, "VmHWM")
+        except (AssertionError, OSError):
+            pass  # a worker replaced (max_tasks_per_child) since it was listed
+    return total / 1024
+
+
 @pytest.mark.parametrize("site", ["web", "get"])
 def test_every_frame_of_a_hundred_frame_instance(
     hundred_frames: None, dimse_gateway: DimseGateway, site: str
@@ -102,8 +114,13 @@ def test_thumbnails_of_every_instance_of_the_large_study(
             assert answer.status_code == 200, answer.text[:300]
             assert max(Image.open(io.BytesIO(answer.content)).size) == 128
     growth = _growth_mb(dimse_gateway.pid, before_kb)
-    print(f"\n{site}: {len(instances)} thumbnails, peak RSS growth {growth:.1f} MB")
+    workers = _workers_mb(dimse_gateway.pid)
+    print(
+        f"\n{site}: {len(instances)} thumbnails, peak RSS growth {growth:.1f} MB; "
+        f"imaging workers' peak RSS {workers:.0f} MB in all"
+    )
     assert growth < 40
+    assert workers < 4 * 250  # at most 4 workers, each decoding one 512x512 frame at a time
 
 
 def test_pydicom_reads_the_generated_instance() -> None:
