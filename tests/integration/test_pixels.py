@@ -159,6 +159,13 @@ def test_dicomweb_client_frames_bulk_rendered(
     assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
     png = client.retrieve_series_rendered(study, series, media_types=("image/png",))
     assert Image.open(io.BytesIO(png)).format == "PNG"
+    # dicomweb-client 0.61 has no thumbnail method: its own HTTP layer fetches the resource.
+    thumb = client._http_get(
+        f"{dimse_gateway.root(site)}/studies/{study}/series/{series}/thumbnail",
+        params={"viewport": "64,64"},
+        headers={"Accept": "image/jpeg"},
+    )
+    assert max(Image.open(io.BytesIO(thumb.content)).size) == 64
     w_study, w_series, w_sop = _uids(loaded("waveform_ecg.dcm"))
     metadata = client.retrieve_instance_metadata(w_study, w_series, w_sop)
     uri = next(u for u in _bulk_uris(metadata, []) if u.endswith("/54001010"))
