@@ -4,6 +4,7 @@ through a DICOMweb site and a DIMSE site."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import numpy as np
@@ -62,10 +63,9 @@ def _workers_mb(pid: int) -> float:
     """Peak resident memory of the imaging pool's worker processes, together."""
     total = 0
     for worker in psutil.Process(pid).children(recursive=True):
-        try:
+        # a worker replaced (max_tasks_per_child) since it was listed has no figure
+        with contextlib.suppress(AssertionError, OSError):
             total += status_kb(worker.pid, "VmHWM")
-        except (AssertionError, OSError):
-            pass  # a worker replaced (max_tasks_per_child) since it was listed
     return total / 1024
 
 
