@@ -4,7 +4,8 @@ Codecs hold the GIL and can take seconds on a large image: in worker processes t
 stall the event loop. At most ``workers`` jobs run and at most ``queue`` more wait; a request
 beyond that waits for a slot, so a burst of renders cannot grow memory without bound.
 Workers are started by ``forkserver``: forking a process that runs pynetdicom threads could
-copy a held lock into the child.
+copy a held lock into the child. Workers are not recycled (``max_tasks_per_child``): on
+Python 3.11 a pool that replaces its workers can hang for good (seen here under load).
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ from typing import TypeVar
 __all__ = ["ImagingPool"]
 
 T = TypeVar("T")
-
-# A worker is replaced after this many jobs: codec libraries that leak cannot grow a worker.
-_JOBS_PER_WORKER = 500
 
 
 def _quiet_worker() -> None:
@@ -51,7 +49,6 @@ class ImagingPool:
             self._executor = ProcessPoolExecutor(
                 self._workers,
                 mp_context=multiprocessing.get_context("forkserver"),
-                max_tasks_per_child=_JOBS_PER_WORKER,
                 initializer=_quiet_worker,
             )
         return self._executor

@@ -134,3 +134,17 @@ def test_unproducible_syntax_is_406_naming_what_can_be_made(
     assert answer.status_code == 406, answer.text
     body = answer.json()
     assert RLELossless in body["message"] and ExplicitVRLittleEndian in body["message"]
+
+
+@pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize("name", ["rtdose_expb.dcm", "MR_small_bigendian.dcm"])
+def test_big_endian_becomes_explicit_little_endian_with_the_same_pixels(
+    loaded: Callable[[str], Loaded], dimse_gateway: DimseGateway, site: str, name: str
+) -> None:
+    """32-bit Big Endian samples are swapped whole (Orthanc's own conversion swaps them word by
+    word); the gateway's answer decodes to what pydicom reads from the stored file."""
+    item = loaded(name)
+    ((_, body),) = _retrieve(item.url(dimse_gateway, site), None)
+    ds = pydicom.dcmread(io.BytesIO(body))
+    assert str(ds.file_meta.TransferSyntaxUID) == ExplicitVRLittleEndian
+    assert np.array_equal(ds.pixel_array, pydicom.dcmread(item.path).pixel_array)

@@ -74,6 +74,10 @@ def test_study_retrieve_is_byte_identical(
     direct_accept = (
         accept or f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_LE}'
     )
+    # Orthanc converts Big Endian pixels wider than 16 bits word by word, wrongly: those are
+    # checked against pydicom in test_transcoding.py, not against Orthanc here.
+    by_file = pacs.manifest["testdata"]["by_file"]
+    wide_big_endian = {by_file[n]["sop"] for n in ("rtdose_expb.dcm", "rtdose_expb_1frame.dcm")}
     compared = 0
     for study in small_studies:
         direct = requests.get(
@@ -91,7 +95,7 @@ def test_study_retrieve_is_byte_identical(
         got = _parts(f"{gateway.dicomweb}/studies/{study}", accept)
         assert len(got) == len(want), study
         for (headers, mine), (_, theirs) in zip(got, want, strict=True):
-            _same_instance(mine, theirs, headers["content-type"], accept is None)
+            _same_instance(mine, theirs, headers["content-type"], accept is None, wide_big_endian)
         compared += len(got)
     assert compared >= 100
 
@@ -99,7 +103,9 @@ def test_study_retrieve_is_byte_identical(
 OFF_WEB = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.2")  # Implicit VR LE, Big Endian
 
 
-def _same_instance(mine: bytes, theirs: bytes, content_type: str, explicit: bool) -> None:
+def _same_instance(
+    mine: bytes, theirs: bytes, content_type: str, explicit: bool, unchecked: set[str]
+) -> None:
     """The gateway's part against the PACS's: the same bytes when both carry the syntax the
     PACS stored; else (the gateway converted it: Explicit VR LE asked for, or a syntax kept
     off the web) the same instance, with the same pixels, labelled with what it carries."""
@@ -113,7 +119,7 @@ def _same_instance(mine: bytes, theirs: bytes, content_type: str, explicit: bool
     assert explicit or stored in OFF_WEB, (ds.SOPInstanceUID, stored, syntax)
     assert syntax in (EXPLICIT_LE, stored), ds.SOPInstanceUID
     assert ds.SOPInstanceUID == other.SOPInstanceUID
-    if "PixelData" in other and syntax == EXPLICIT_LE:
+    if "PixelData" in other and syntax == EXPLICIT_LE and ds.SOPInstanceUID not in unchecked:
         ours, pacs = ds.pixel_array.astype(np.int64), other.pixel_array.astype(np.int64)
         difference = np.abs(ours - pacs)
         if ds.get("LossyImageCompression") == "01":
