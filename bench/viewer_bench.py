@@ -77,7 +77,11 @@ def main() -> int:
     direct = _env(args.pacs_env)["DICOMWEB_ROOT"]
     port = _free_port()
     command = [sys.executable, "-m", "ncpeh_dicomweb.cli", "serve", "--pacs-dicomweb", direct]
-    gateway = subprocess.Popen([*command, "--port", str(port), "--log-level", "WARNING"])
+    gateway = subprocess.Popen(
+        [*command, "--port", str(port), "--log-level", "WARNING"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         root = f"http://127.0.0.1:{port}/dicom-web"
         time.sleep(2)
