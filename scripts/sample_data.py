@@ -3,7 +3,7 @@
 
 Sets (``--set``, repeatable):
 
-* ``core``      5 patients, 11 studies (CT, MR, CR), 23 series, 231 instances, about 8.4 MB:
+* ``core``      6 patients, 14 studies (CT, MR, CR), 27 series, 275 instances, about 9.9 MB:
                 realistic names (one UTF-8 ``ISO_IR 192``, one Latin-1 ``ISO_IR 100``, one
                 without SpecificCharacterSet), dates 2023-2025, procedure (LOINC) and reason
                 (SNOMED CT) codes, geometry, windowing, small 16-bit phantom images.
@@ -340,6 +340,7 @@ SCT_TRAUMA = Code("417746004", "SCT", "Trauma")
 SCT_DIZZINESS = Code("404640003", "SCT", "Dizziness")
 SCT_FEVER = Code("386661006", "SCT", "Fever")
 SCT_NEOPLASM = Code("108369006", "SCT", "Neoplasm")
+SCT_KIDNEY_DISEASE = Code("90708001", "SCT", "Kidney disease")
 SCT_LUNG_CANCER = Code("93880001", "SCT", "Lung cancer")
 SCT_CHEST_PAIN = Code("29857009", "SCT", "Chest Pain")
 
@@ -540,6 +541,16 @@ P_DUBOIS = Patient(
 P_ROSSI = Patient(
     "IT4000112", "Rossi^Marco", "ASL-ROMA1", "19470115", "M", "ISO_IR 192", "Ospedale San Luca"
 )
+# The Czech patient of the NCPeH "Get Study Metadata (HL7 FHIR)" page's example searches.
+P_NOVAK = Patient(
+    "456789123",
+    "Novák^Jan",
+    "CZ-NCPEH",
+    "19700305",
+    "M",
+    "ISO_IR 192",
+    "Fakultní nemocnice Brno",
+)
 P_NOWAK = Patient(
     "PL5000963",
     "Nowak^Łukasz",
@@ -553,7 +564,7 @@ P_NOWAK = Patient(
 
 # fmt: off
 def core_studies() -> list[Study]:
-    """The ``core`` set: 5 patients, 11 studies, 23 series, 231 instances."""
+    """The ``core`` set: 6 patients, 14 studies, 27 series, 275 instances."""
     return [
         Study(
             "mueller-ct-2023", P_MUELLER, dt.datetime(2023, 3, 14, 8, 12, 5), "A23DE0001",
@@ -644,6 +655,29 @@ def core_studies() -> list[Study]:
             "RX1040", "RX Torace AP a letto", "Bianchi^Giulia", LN_XR_UNSPEC, SCT_CHEST_PAIN,
             "RX-MOB",
             (cr("Torace AP", "chest_xr", "CHEST", "AP", 430.0, None),),
+        ),
+        Study(
+            "novak-ct-2023", P_NOVAK, dt.datetime(2023, 5, 10, 9, 41, 0), "BR23-00731",
+            "CT0731", "CT břicha s kontrastem", "Dvořák^Petr^^MUDr.", LN_CT_ABDOMEN, SCT_FEVER,
+            "CT-BR1",
+            (ct("Břicho venózní 5mm", 12, "abdomen", "ABDOMEN", W_SOFT, CT_PARAMS),),
+        ),
+        Study(
+            "novak-mr-2024", P_NOVAK, dt.datetime(2024, 3, 12, 15, 5, 0), "BR24-01288",
+            "MR1288", "MR ledvin", "Dvořák^Petr^^MUDr.", LN_MR_UNSPEC, SCT_KIDNEY_DISEASE,
+            "MR-BR1",
+            (
+                mr("cor T2 HASTE", 10, "spine_ax", "t2", "KIDNEY", "COR", 360.0, (900.0, 1800.0),
+                   mr_params("T2", 1200, 90, 1)),
+                mr("ax T1 VIBE", 10, "spine_ax", "t1", "KIDNEY", "AX", 360.0, (600.0, 1200.0),
+                   mr_params("T1", 4, 2, 1)),
+            ),
+        ),
+        Study(
+            "novak-ct-2024", P_NOVAK, dt.datetime(2024, 11, 2, 7, 55, 20), "BR24-05512",
+            "CT5512", "CT ledvin nativ", "Svobodová^Eva^^MUDr.", LN_CT_ABDOMEN,
+            SCT_KIDNEY_DISEASE, "CT-BR2",
+            (ct("Ledviny nativ 3mm", 12, "abdomen", "KIDNEY", W_SOFT, CT_PARAMS),),
         ),
         Study(
             "nowak-cr-2025", P_NOWAK, dt.datetime(2025, 3, 3, 13, 13, 13), "KR2500451",

@@ -49,7 +49,12 @@ def sample(pacs: Pacs) -> Sample:
         for s in pacs.manifest["core"]["studies"]
         if "MR" in s["modalities"] and len(s["series"]) >= 2
     ]
-    study = next(s for s in mr if _value(s, STUDY_UID) in core)
+    # An ASCII name: the direct queries below go to Orthanc raw (it does not decode them).
+    study = next(
+        s
+        for s in mr
+        if _value(s, STUDY_UID) in core and _value(s, "00100010")["Alphabetic"].isascii()
+    )
     study_uid = _value(study, STUDY_UID)
     series = pacs_json(pacs, f"studies/{study_uid}/series")
     assert len(series) >= 2
