@@ -13,7 +13,8 @@ from .backends.dicomweb import DicomWebBackend
 from .backends.dimse.backend import DimseBackend
 from .config import DicomWebSite, Settings, Site
 from .imaging.pool import ImagingPool
-from .web import health, pixels, qido, viewer, wado
+from .state import ServedStudies
+from .web import fhir, health, pixels, qido, viewer, wado
 from .web.cors import add_cors_headers, cors_middleware
 from .web.keys import ACTIVE_STREAMS, BACKENDS, IMAGING_POOL, METADATA_CACHE, SETTINGS
 from .web.metadata_cache import MetadataCache
@@ -47,6 +48,10 @@ def create_app(settings: Settings) -> web.Application:
         app.add_routes(qido.routes(prefix))
         app.add_routes(wado.routes(prefix))
         app.add_routes(pixels.routes(prefix))
+    for prefix in ("/fhir", "/site/{site}/fhir"):
+        app.add_routes(fhir.routes(prefix))
+    app.add_routes(fhir.vendor_routes())
+    app.cleanup_ctx.append(_state)
     app.add_routes(health.routes())
     app.add_routes(viewer.routes(settings))  # OHIF at /viewer/, if configured
     return app
@@ -68,6 +73,15 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
         for backend in backends.values():
             await backend.close()
         backends.clear()
+
+
+async def _state(app: web.Application) -> AsyncIterator[None]:
+    store = ServedStudies(app[SETTINGS].state_path)
+    app[fhir.SERVED_STUDIES] = store
+    try:
+        yield
+    finally:
+        store.close()
 
 
 async def _imaging_pool(app: web.Application) -> AsyncIterator[None]:

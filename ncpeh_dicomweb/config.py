@@ -127,6 +127,10 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # Proxies (addresses or networks) whose Forwarded / X-Forwarded-* headers name the public URL.
     trusted_proxies: tuple[str, ...] = ()
+    # SQLite file of what the gateway remembers (FHIR ids served, for 410 Gone).
+    state_path: str = "var/ncpeh-state.sqlite3"
+    # FHIR identifier system of patient identifiers → DICOM Issuer of Patient ID, both ways.
+    patient_id_issuers: tuple[tuple[str, str], ...] = ()
 
     def site(self, site_id: str) -> Site | None:
         return next((s for s in self.sites if s.id == site_id), None)
@@ -148,7 +152,20 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
 
 def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     """Build :class:`Settings` from parsed TOML (or flags), validating every key."""
-    _no_unknown(raw, {"public_url", "default_site", "server", "limits", "sites", "viewer"}, "")
+    _no_unknown(
+        raw,
+        {"public_url", "default_site", "server", "limits", "sites", "viewer", "state", "fhir"},
+        "",
+    )
+    state = _table(raw, "state")
+    _no_unknown(state, {"sqlite"}, "state.")
+    fhir = _table(raw, "fhir")
+    _no_unknown(fhir, {"patient_id_issuers"}, "fhir.")
+    issuers = fhir.get("patient_id_issuers", {})
+    if not isinstance(issuers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in issuers.items()
+    ):
+        raise ConfigError("fhir.patient_id_issuers: a table of FHIR system = DICOM issuer")
     server = _table(raw, "server")
     _no_unknown(server, {"host", "port", "cors_origins", "trusted_proxies"}, "server.")
     limits_raw = _table(raw, "limits")
@@ -187,6 +204,8 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
             _check_network(n, "server.trusted_proxies")
             for n in _str_list(server, "trusted_proxies")
         ),
+        state_path=_opt_str(state, "sqlite", "state.") or "var/ncpeh-state.sqlite3",
+        patient_id_issuers=tuple(sorted(issuers.items())),
     )
 
 

@@ -40,6 +40,10 @@ host = "127.0.0.1"
 port = $ORTHANC_DICOM_PORT
 called_aet = "$ORTHANC_AET"
 cache_dir = "$PWD/var/cache-dimse"
+[state]
+sqlite = "$PWD/var/state.sqlite3"
+[fhir.patient_id_issuers]
+"urn:oid:1.2.203.24341.1.2" = "CZ-NCPEH"     # the sample Czech patient's issuer
 TOML
 study=$(curl -sf "$DICOMWEB_ROOT/studies?ModalitiesInStudy=CT&limit=1" \
   | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d[0]["0020000D"]["Value"][0] if d else "")')
@@ -65,6 +69,12 @@ $viewer_lines
     curl -s '$base/site/dimse/dicom-web/studies'        # the same PACS through DIMSE (C-FIND)
     curl -s -o study.multipart '$base/site/dimse/dicom-web/studies/$study'   # C-GET, cached
     curl -s '$base/health/ready'
+
+  FHIR (the NCPeH "Get Study Metadata" page's examples):
+    curl -s '$base/fhir/ImagingStudy?patient.identifier=|456789123&started=ge2024-01-01&started=le2024-12-31'
+    curl -s '$base/fhir/ImagingStudy?patient.identifier=|456789123&reasonCode=|90708001'
+    curl -s '$base/fhir/ImagingStudy?patient.identifier=|456789123&modality=MR'
+    curl -s '$base/fhir/metadata'
 
 TXT
 .venv/bin/ncpeh-dicomweb serve --config "$config"

@@ -18,6 +18,8 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+# The FHIR identifier system of the sample Czech patient's issuer (CZ-NCPEH in DICOM).
+CZ_SYSTEM = "urn:oid:1.2.203.24341.1.2"
 ORTHANC_SH = ROOT / "scripts" / "orthanc.sh"
 
 
@@ -140,6 +142,10 @@ url = "{pacs.dicomweb_root}"
 [[sites]]
 id = "second"
 url = "{pacs.dicomweb_root}"
+[state]
+sqlite = "{work / "state.sqlite3"}"
+[fhir.patient_id_issuers]
+"{CZ_SYSTEM}" = "CZ-NCPEH"
 """
     )
     log = work / "gateway.log"
@@ -215,7 +221,8 @@ def write_dimse_config(
         # Loopback is the trusted proxy here (tests send Forwarded); one origin may use CORS.
         'trusted_proxies = ["127.0.0.1"]\ncors_origins = ["https://viewer.example"]\n'
         + "\n".join(sites)
-        + "\n"
+        + f'\n[state]\nsqlite = "{work / "state.sqlite3"}"\n'
+        + f'[fhir.patient_id_issuers]\n"{CZ_SYSTEM}" = "CZ-NCPEH"\n'
     )
     return config
 

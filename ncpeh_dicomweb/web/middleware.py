@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import re
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
 from ..errors import GatewayError
+from ..fhir.outcome import operation_outcome, outcome_for_status
 from .keys import abort_connection
 from .responses import json_response
 
@@ -17,8 +20,26 @@ __all__ = ["AccessLogger", "RedactServerErrors", "error_middleware"]
 log = logging.getLogger("ncpeh_dicomweb.web")
 
 _ERROR_TYPE = "application/json"
+_FHIR_TYPE = "application/fhir+json"
 # aiohttp's own HTTP errors (unknown route, wrong method, ...) get our body too.
 _HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}
+
+
+# FHIR routes answer errors as OperationOutcome; the vendor by-id route as its API says.
+_FHIR_PATH = re.compile(r"^(?:/site/[^/]+)?/fhir(?:/|$)")
+_VENDOR_PATH = re.compile(r"^/site/[^/]+/fhir/imaging-study/")
+
+
+def _render(request: web.Request, status: int, body: dict[str, Any]) -> web.Response:
+    """The error ``body`` (our JSON form) in the form the route's clients expect."""
+    path = request.path
+    if _VENDOR_PATH.match(path):
+        vendor = {"message": body.get("message", ""), "statusCode": status}
+        return json_response(vendor, status=status, content_type=_ERROR_TYPE)
+    if _FHIR_PATH.match(path):
+        outcome = outcome_for_status(status, str(body.get("message", "")))
+        return json_response(outcome, status=status, content_type=_FHIR_TYPE)
+    return json_response(body, status=status, content_type=_ERROR_TYPE)
 
 
 @web.middleware
@@ -28,7 +49,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except GatewayError as exc:
         if exc.status >= 500:
             log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
-        response = json_response(exc.body(), status=exc.status, content_type=_ERROR_TYPE)
+        if _FHIR_PATH.match(request.path) and not _VENDOR_PATH.match(request.path):
+            response = json_response(
+                operation_outcome(exc), status=exc.status, content_type=_FHIR_TYPE
+            )
+        else:
+            response = _render(request, exc.status, exc.body())
         response.headers.update(exc.headers)
         return response
     except web.HTTPException as exc:
@@ -36,7 +62,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = _HTTP_CODES.get(exc.status, "http-error")
         body = {"status": exc.status, "error": code, "message": exc.reason}
-        response = json_response(body, status=exc.status, content_type=_ERROR_TYPE)
+        response = _render(request, exc.status, body)
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
@@ -48,7 +74,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             abort_connection(request)
             raise
         body = {"status": 500, "error": "internal-error", "message": "internal error"}
-        return json_response(body, status=500, content_type=_ERROR_TYPE)
+        return _render(request, 500, body)
 
 
 class AccessLogger(AbstractAccessLogger):
