@@ -4,9 +4,12 @@ OperationOutcome; every Bundle and resource validated with fhir.resources."""
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import pydicom
 import pytest
 import requests
 from fhir.resources.bundle import Bundle as BundleR5
@@ -15,8 +18,9 @@ from fhir.resources.R4B.bundle import Bundle as BundleR4
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement as CapabilityR4
 from fhir.resources.R4B.imagingstudy import ImagingStudy as ImagingStudyR4
 from fhir.resources.R4B.operationoutcome import OperationOutcome as OutcomeR4
+from pydicom.uid import generate_uid
 
-from tests.conftest import CZ_SYSTEM, DimseGateway
+from tests.conftest import CZ_SYSTEM, DimseGateway, Pacs
 from tests.integration.multipart_split import split_multipart
 
 pytestmark = pytest.mark.integration
@@ -216,3 +220,24 @@ def test_post_search_equals_get(dimse_gateway: DimseGateway) -> None:
     )
     assert answer.status_code == 200, answer.text[:300]
     assert _uids(answer.json()) == _uids(_search(dimse_gateway, "web", query))
+
+
+def test_a_study_served_then_gone_is_410(dimse_gateway: DimseGateway, pacs: Pacs) -> None:
+    """A study the gateway answered once and the PACS has since lost: 410, not 404."""
+    ds = pydicom.dcmread(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm")
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["fhir-gone-study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["fhir-gone-series"])
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=["fhir-gone-sop"])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PatientID = "GONE-1"
+    out = io.BytesIO()
+    ds.save_as(out)
+    stored = requests.post(f"{pacs.url}/instances", data=out.getvalue(), timeout=30).json()
+    bundle = _search(dimse_gateway, "web", "patient.identifier=|GONE-1")
+    (resource_id,) = [e["resource"]["id"] for e in bundle["entry"]]
+    url = f"{_base(dimse_gateway, 'web')}/ImagingStudy/{resource_id}"
+    assert requests.get(url, timeout=30).status_code == 200
+    assert requests.delete(f"{pacs.url}/studies/{stored['ParentStudy']}", timeout=30).ok
+    gone = requests.get(url, timeout=30)
+    assert gone.status_code == 410
+    assert gone.json()["issue"][0]["code"] == "deleted"
