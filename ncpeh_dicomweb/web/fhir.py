@@ -25,7 +25,15 @@ from ..dicomweb.attributes import Level
 from ..dicomweb.dicomjson import first_value
 from ..dicomweb.query import parse_qido
 from ..errors import BadRequest, Gone, NotFound
-from ..fhir.bundle import BundleEntry, full_url, page_links, searchset, summary_count
+from ..fhir.bundle import (
+    BundleEntry,
+    SearchMode,
+    full_url,
+    page_links,
+    search_url,
+    searchset,
+    summary_count,
+)
 from ..fhir.capability import SearchParamInfo, capability_statement
 from ..fhir.mapping import endpoint, imaging_study, patient, study_id
 from ..fhir.negotiation import FhirFormat, negotiate_fhir
@@ -117,9 +125,7 @@ async def search(request: web.Request) -> web.Response:
     studies = await _matching_studies(site, query, issuers)
     self_params = query.self_params()
     if query.summary_count:
-        self_url = page_links(
-            site.fhir_base + "/ImagingStudy", self_params, offset=0, count=0, total=len(studies)
-        )[0]
+        self_url = search_url(site.fhir_base + "/ImagingStudy", self_params)
         return _fhir_response(
             summary_count(total=len(studies), self_url=self_url, version=fmt.version), fmt
         )
@@ -270,9 +276,9 @@ async def _entries(
     return entries
 
 
-def _entry(site: _Site, resource: dict[str, Any], *, mode: str = "match") -> BundleEntry:
+def _entry(site: _Site, resource: dict[str, Any], *, mode: SearchMode = "match") -> BundleEntry:
     url = full_url(site.fhir_base, resource["resourceType"], resource["id"])
-    return BundleEntry(url, resource, mode)  # type: ignore[arg-type]
+    return BundleEntry(url, resource, mode)
 
 
 def _text(dataset: DicomJson, tag: str) -> str | None:
@@ -371,6 +377,7 @@ async def metadata(request: web.Request) -> web.Response:
         search_params=_SEARCH_PARAMS,
         pushed_to_pacs=_PUSHED,
         imaging_selection=False,
+        read_types=("Endpoint",),
     )
     return _fhir_response(statement, fmt)
 

@@ -6,11 +6,13 @@ import logging
 import re
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
 from ..errors import GatewayError
+from ..fhir.negotiation import R4
 from ..fhir.outcome import operation_outcome, outcome_for_status
 from .keys import abort_connection
 from .responses import json_response
@@ -20,7 +22,7 @@ __all__ = ["AccessLogger", "RedactServerErrors", "error_middleware"]
 log = logging.getLogger("ncpeh_dicomweb.web")
 
 _ERROR_TYPE = "application/json"
-_FHIR_TYPE = "application/fhir+json"
+_FHIR_TYPE = R4.content_type  # errors come before (or without) negotiation: R4's form
 # aiohttp's own HTTP errors (unknown route, wrong method, ...) get our body too.
 _HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}
 
@@ -37,9 +39,15 @@ def _render(request: web.Request, status: int, body: dict[str, Any]) -> web.Resp
         vendor = {"message": body.get("message", ""), "statusCode": status}
         return json_response(vendor, status=status, content_type=_ERROR_TYPE)
     if _FHIR_PATH.match(path):
-        outcome = outcome_for_status(status, str(body.get("message", "")))
-        return json_response(outcome, status=status, content_type=_FHIR_TYPE)
+        return _fhir_json(outcome_for_status(status, str(body.get("message", ""))), status)
     return json_response(body, status=status, content_type=_ERROR_TYPE)
+
+
+def _fhir_json(body: dict[str, Any], status: int) -> web.Response:
+    # Set as a header: aiohttp's content_type= takes no parameters (charset, fhirVersion).
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers={"Content-Type": _FHIR_TYPE}
+    )
 
 
 @web.middleware
@@ -50,9 +58,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status >= 500:
             log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
         if _FHIR_PATH.match(request.path) and not _VENDOR_PATH.match(request.path):
-            response = json_response(
-                operation_outcome(exc), status=exc.status, content_type=_FHIR_TYPE
-            )
+            response = _fhir_json(operation_outcome(exc), exc.status)
         else:
             response = _render(request, exc.status, exc.body())
         response.headers.update(exc.headers)
