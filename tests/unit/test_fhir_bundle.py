@@ -241,7 +241,7 @@ def test_search_warning_r5_is_bundle_issues() -> None:
     [
         pytest.param(f"{SEARCH}/1.2.3", _study("1.2.4"), id="other-id"),
         pytest.param(f"{BASE}/Patient/1.2.3", _study("1.2.3"), id="other-type"),
-        pytest.param("ImagingStudy/1.2.3", _study("1.2.3"), id="relative"),
+        pytest.param("/fhir/ImagingStudy/1.2.3", _study("1.2.3"), id="relative"),
         pytest.param(f"{SEARCH}/1.2.3", {"resourceType": "ImagingStudy"}, id="no-id"),
     ],
 )
@@ -330,7 +330,7 @@ def test_first_page_self_link_is_the_search_plus_count() -> None:
 def test_next_links_walk_to_the_end_and_previous_links_back(total: int, count: int) -> None:
     starts: list[int] = []
     url: str | None = page_links(SEARCH, NCPEH_PARAMS, offset=0, count=count, total=total)[0]
-    while url is not None:
+    while url is not None and len(starts) <= total:  # bounded: a loop of links fails
         offset, page_count = _paging(url) or (-1, -1)
         starts.append(offset)
         assert page_count == count
@@ -342,7 +342,7 @@ def test_next_links_walk_to_the_end_and_previous_links_back(total: int, count: i
     assert starts == list(range(0, total, count))
     back: list[int] = []
     url = page_links(SEARCH, NCPEH_PARAMS, offset=starts[-1], count=count, total=total)[2]
-    while url is not None:
+    while url is not None and len(back) <= total:
         offset, _ = _paging(url) or (-1, -1)
         back.append(offset)
         url = page_links(SEARCH, _query(url), offset=offset, count=count, total=total)[2]
