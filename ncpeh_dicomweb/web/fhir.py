@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -75,6 +75,8 @@ class _Site:
     wado_root: str  # the gateway's DICOMweb root for the site, as the client sees it
     fhir_base: str
     default: bool  # the default site: ImagingStudy ids are the Study Instance UIDs
+    # Studies already completed from an instance's metadata in this request, by UID.
+    details: dict[str, DicomJson] = field(default_factory=dict)
 
     def resource_id(self, study_uid: str) -> str:
         return study_id(study_uid, None if self.default else self.site_id)
@@ -213,6 +215,8 @@ async def _with_detail(site: _Site, study: DicomJson) -> DicomJson:
     """``study`` with the study-level attributes QIDO may leave out (reason and procedure
     codes) read from the metadata of one of its instances: two PACS requests."""
     uid = _uid(study)
+    if uid in site.details:
+        return site.details[uid]
     instances = await _qido(
         site.backend, [("limit", "1")], Level.INSTANCE, Scope(uid), site.wado_root
     )
@@ -229,6 +233,7 @@ async def _with_detail(site: _Site, study: DicomJson) -> DicomJson:
     for tag in _DETAIL_TAGS:
         if tag not in merged and tag in detail:
             merged[tag] = detail[tag]
+    site.details[uid] = merged
     return merged
 
 
