@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -264,9 +265,25 @@ def stop_gateway(proc: subprocess.Popen[bytes], log: Path) -> None:
 @pytest.fixture(scope="session")
 def dimse_gateway(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseGateway]:
     work = tmp_path_factory.mktemp("dimse-gateway")
-    port, store_port, store_port2 = free_port(), free_port(), free_port()
-    # Orthanc must know our C-MOVE destinations: register them through its REST API.
-    for aet, store in ((MOVE_AET, store_port), (f"{MOVE_AET}2", store_port2)):
+    get_aets, move_aets = ("NCPEH-GET", "NCPEH-GET2"), (MOVE_AET, f"{MOVE_AET}2")
+    with running_dimse_gateway(pacs, work, "", get_aets, move_aets) as gateway:
+        yield gateway
+
+
+@contextlib.contextmanager
+def running_dimse_gateway(
+    pacs: Pacs,
+    work: Path,
+    prefix: str,
+    get_aets: tuple[str, str],
+    move_aets: tuple[str, str],
+    *,
+    forget_destinations: bool = False,
+) -> Iterator[DimseGateway]:
+    """A gateway process with the sites of :func:`write_dimse_config`, its C-MOVE destinations
+    registered in Orthanc (through its REST API) first; removed again if asked."""
+    port, store_ports = free_port(), (free_port(), free_port())
+    for aet, store in zip(move_aets, store_ports, strict=True):
         registered = requests.put(
             f"{pacs.url}/modalities/{aet}",
             json={"AET": aet, "Host": "127.0.0.1", "Port": store},
@@ -279,10 +296,10 @@ def dimse_gateway(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Itera
         pacs.dicomweb_root,
         dimse_port=pacs.dicom_port,
         dimse_aet=pacs.aet,
-        prefix="",
-        get_aets=("NCPEH-GET", "NCPEH-GET2"),
-        move_aets=(MOVE_AET, f"{MOVE_AET}2"),
-        store_ports=(store_port, store_port2),
+        prefix=prefix,
+        get_aets=get_aets,
+        move_aets=move_aets,
+        store_ports=store_ports,
     )
     log = work / "gateway.log"
     url = f"http://127.0.0.1:{port}"
@@ -291,6 +308,9 @@ def dimse_gateway(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield DimseGateway(url=url, pid=proc.pid, cache_root=work)
     finally:
         stop_gateway(proc, log)
+        if forget_destinations:
+            for aet in move_aets:
+                requests.delete(f"{pacs.url}/modalities/{aet}", timeout=10)
 
 
 # ---------------------------------------------------------------------- pydicom's test files

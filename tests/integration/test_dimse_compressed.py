@@ -46,14 +46,7 @@ from ncpeh_dicomweb.dicomweb.transfer_syntaxes import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     TRANSFER_SYNTAXES,
 )
-from tests.conftest import (
-    DimseGateway,
-    Pacs,
-    free_port,
-    start_gateway,
-    stop_gateway,
-    write_dimse_config,
-)
+from tests.conftest import DimseGateway, Pacs, running_dimse_gateway
 from tests.integration.multipart_split import split_multipart
 
 pytestmark = pytest.mark.integration
@@ -258,34 +251,11 @@ def _kos(referenced: Dataset) -> Dataset:
 def gateway(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseGateway]:
     """A gateway of its own (C-GET and C-MOVE sites, with and without a cache) on Orthanc."""
     work = tmp_path_factory.mktemp("compressed-gateway")
-    port, store_ports = free_port(), (free_port(), free_port())
-    for aet, store in zip(MOVE_AETS, store_ports, strict=True):
-        registered = requests.put(
-            f"{pacs.url}/modalities/{aet}",
-            json={"AET": aet, "Host": "127.0.0.1", "Port": store},
-            timeout=10,
-        )
-        assert registered.status_code == 200, registered.text
-    config = write_dimse_config(
-        work,
-        port,
-        pacs.dicomweb_root,
-        dimse_port=pacs.dicom_port,
-        dimse_aet=pacs.aet,
-        prefix="cz",
-        get_aets=("NCPEH-CZGET", "NCPEH-CZGET2"),
-        move_aets=MOVE_AETS,
-        store_ports=store_ports,
-    )
-    log = work / "gateway.log"
-    url = f"http://127.0.0.1:{port}"
-    proc = start_gateway(config, log, url)
-    try:
-        yield DimseGateway(url=url, pid=proc.pid, cache_root=work)
-    finally:
-        stop_gateway(proc, log)
-        for aet in MOVE_AETS:
-            requests.delete(f"{pacs.url}/modalities/{aet}", timeout=10)
+    get_aets = ("NCPEH-CZGET", "NCPEH-CZGET2")
+    with running_dimse_gateway(
+        pacs, work, "cz", get_aets, MOVE_AETS, forget_destinations=True
+    ) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="module")

@@ -61,6 +61,21 @@ class FindOutcome:
     warning: str | None = None  # a final Warning status (0xBxxx): matches, but not all
 
 
+def _responses(
+    assoc: Association, identifier: Dataset, msg_id: int, timeout: float
+) -> Iterator[tuple[int, Dataset | None]]:
+    """A C-FIND's (status code, answer) pairs. ``timeout`` bounds the whole search and is the
+    association's wait for each answer, so a silent PACS frees this thread when it is given up."""
+    started = time.monotonic()
+    assoc.dimse_timeout = timeout
+    for status, answer in assoc.send_c_find(identifier, FIND_MODEL, msg_id=msg_id):
+        if "Status" not in status:
+            raise _no_response(started, timeout, "C-FIND")
+        if time.monotonic() - started > timeout:
+            raise BackendTimeout("the PACS did not finish the C-FIND in time")
+        yield int(status.Status), answer
+
+
 def run_find(
     assoc: Association, identifier: Dataset, msg_id: int, limit: int | None, timeout: float
 ) -> FindOutcome:
@@ -71,14 +86,7 @@ def run_find(
     """
     matches: list[Dataset] = []
     cancelled = False
-    started = time.monotonic()
-    assoc.dimse_timeout = timeout
-    for status, answer in assoc.send_c_find(identifier, FIND_MODEL, msg_id=msg_id):
-        if "Status" not in status:
-            raise _no_response(started, timeout, "C-FIND")
-        if time.monotonic() - started > timeout:
-            raise BackendTimeout("the PACS did not finish the C-FIND in time")
-        code = int(status.Status)
+    for code, answer in _responses(assoc, identifier, msg_id, timeout):
         if code in PENDING:
             if answer is not None and not cancelled:
                 matches.append(answer)
@@ -129,14 +137,7 @@ def _answers(
     """The C-FIND's answers, up to the first lacking ``needed``; None on a failure status."""
     answers: list[Dataset] = []
     cancelled = False
-    started = time.monotonic()
-    assoc.dimse_timeout = timeout
-    for status, answer in assoc.send_c_find(identifier, FIND_MODEL, msg_id=msg_id):
-        if "Status" not in status:
-            raise _no_response(started, timeout, "C-FIND")
-        if time.monotonic() - started > timeout:
-            raise BackendTimeout("the PACS did not finish the C-FIND in time")
-        code = int(status.Status)
+    for code, answer in _responses(assoc, identifier, msg_id, timeout):
         if code not in PENDING:
             return answers if code in (SUCCESS, CANCEL) or code >> 12 == 0xB else None
         if answer is None or cancelled:
