@@ -36,10 +36,13 @@ __all__ = [
     "Gone",
     "InvalidQuery",
     "InvalidUID",
+    "MethodNotAllowed",
     "NotAcceptable",
     "NotFound",
     "PayloadTooLarge",
     "Unauthorized",
+    "Unprocessable",
+    "UnsupportedMediaType",
     "UpstreamRejected",
     "UriTooLong",
     "warning_value",
@@ -110,6 +113,13 @@ class NotFound(GatewayError):
     code = "not-found"
 
 
+class MethodNotAllowed(GatewayError):
+    """The resource exists but does not take this method (a PACS-owned selection's DELETE)."""
+
+    status = 405
+    code = "method-not-allowed"
+
+
 class NotAcceptable(GatewayError):
     status = 406
     code = "not-acceptable"
@@ -123,6 +133,18 @@ class Gone(GatewayError):
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "payload-too-large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    code = "unsupported-media-type"
+
+
+class Unprocessable(GatewayError):
+    """Well-formed content the gateway cannot accept (a selection of instances not in the PACS)."""
+
+    status = 422
+    code = "unprocessable"
 
 
 class UriTooLong(GatewayError):

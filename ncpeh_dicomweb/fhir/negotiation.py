@@ -152,7 +152,12 @@ _FORMAT_SYNTAX: Final[Mapping[str, str]] = MappingProxyType(
 _PRODUCED_SYNTAX: Final = "json"
 
 
-def negotiate_fhir(accept: str | None, format_param: str | None) -> FhirFormat:
+def negotiate_fhir(
+    accept: str | None,
+    format_param: str | None,
+    *,
+    versions: tuple[FhirVersion, ...] = ("R4", "R5"),
+) -> FhirFormat:
     """Choose the representation of a FHIR response (FHIR R4 http.html#mime-type and
     #version-parameter; RFC 9110 12.5.1).
 
@@ -163,21 +168,27 @@ def negotiate_fhir(accept: str | None, format_param: str | None) -> FhirFormat:
     format (XML, Turtle...) or the version (``3.0``, ``6.0``...) is not produced, and
     :class:`~ncpeh_dicomweb.errors.BadRequest` for an Accept header in which nothing parses
     (without ``_format``).
+
+    ``versions``: the versions the resource exists in, the first the default (ImagingSelection
+    is R5 only: ``("R5",)``, so an explicit ``fhirVersion=4.0`` is 406 and none is R5).
     """
     if format_param is not None and format_param.strip():
-        return _by_format(format_param, accept)
+        return _by_format(format_param, accept, versions)
     try:
-        return _choose(accept)
+        return _choose(accept, versions)
     except NotAcceptable:
-        raise _not_acceptable_accept(accept) from None
+        raise _not_acceptable_accept(accept, versions) from None
 
 
-def _choose(accept: str | None) -> FhirFormat:
-    offers = [offer for offer, _ in _ACCEPT_TABLE]
-    return _ACCEPT_TABLE[offers.index(negotiate(accept, offers))][1]
+def _choose(accept: str | None, versions: tuple[FhirVersion, ...]) -> FhirFormat:
+    table = [row for row in _ACCEPT_TABLE if row[1].version in versions]
+    if versions[0] != DEFAULT_VERSION:  # server order decides a range without fhirVersion
+        table.sort(key=lambda row: versions.index(row[1].version))
+    offers = [offer for offer, _ in table]
+    return table[offers.index(negotiate(accept, offers))][1]
 
 
-def _by_format(value: str, accept: str | None) -> FhirFormat:
+def _by_format(value: str, accept: str | None, versions: tuple[FhirVersion, ...]) -> FhirFormat:
     name, semicolon, rest = value.strip().partition(";")
     # An unencoded "+" in a query string decodes to a space (application/fhir json).
     name = name.strip().lower().replace(" ", "+")
@@ -195,50 +206,64 @@ def _by_format(value: str, accept: str | None) -> FhirFormat:
         range_ = ranges[0] if ranges else None
         if range_ is not None and _VERSION_PARAM in range_.params:
             version = _VERSION_BY_VALUE.get(range_.params[_VERSION_PARAM].strip().lower())
-            if version is None:
-                raise _unknown_version("_format", value, range_.params[_VERSION_PARAM])
+            if version is None or version not in versions:
+                raise _unknown_version("_format", value, range_.params[_VERSION_PARAM], versions)
             return _FORMATS[version]
-    return _FORMATS[_version_from_accept(accept)]
+    return _FORMATS[_version_from_accept(accept, versions)]
 
 
-def _version_from_accept(accept: str | None) -> FhirVersion:
+def _version_from_accept(accept: str | None, versions: tuple[FhirVersion, ...]) -> FhirVersion:
     """The version of the most preferred Accept range that names one we produce; the default
     if none names a version; 406 if some name versions and none is produced."""
     try:
         ranges = parse_accept(accept)
     except BadRequest:
-        return DEFAULT_VERSION  # _format is there because the client cannot set Accept
+        return versions[0]  # _format is there because the client cannot set Accept
     asked = [r.params[_VERSION_PARAM] for r in ranges if _VERSION_PARAM in r.params]
     for value in asked:
-        if (version := _VERSION_BY_VALUE.get(value.strip().lower())) is not None:
+        version = _VERSION_BY_VALUE.get(value.strip().lower())
+        if version is not None and version in versions:
             return version
     if asked:
-        raise _unknown_version("accept", accept or "", asked[0])
-    return DEFAULT_VERSION
+        raise _unknown_version("accept", accept or "", asked[0], versions)
+    return versions[0]
 
 
-def _unknown_version(where: str, value: str, version: str) -> NotAcceptable:
+def _only(versions: tuple[FhirVersion, ...]) -> str:
+    """What a 406 adds when the resource exists in fewer versions than the server serves."""
+    if len(versions) == len(VERSIONS):
+        return ""
+    names = " and ".join(f"{v} ({VERSIONS[v].mime})" for v in versions)
+    return f"this resource type exists only in FHIR {names}; "
+
+
+def _unknown_version(
+    where: str, value: str, version: str, versions: tuple[FhirVersion, ...]
+) -> NotAcceptable:
     detail: dict[str, object] = {"supported": list(SUPPORTED)}
     if where == "_format":
         detail |= {"parameter": "_format", "value": value[:80]}
     else:
         detail["accept"] = value[:200]
     return NotAcceptable(
-        f"FHIR version {version.strip()[:20]} is not served; {_OFFERED}", detail=detail
+        f"FHIR version {version.strip()[:20]} is not served; {_only(versions)}{_OFFERED}",
+        detail=detail,
     )
 
 
-def _not_acceptable_accept(accept: str | None) -> NotAcceptable:
+def _not_acceptable_accept(accept: str | None, versions: tuple[FhirVersion, ...]) -> NotAcceptable:
     ranges: list[MediaRange] = parse_accept(accept)  # parsed already: cannot raise here
-    versions = [r.params[_VERSION_PARAM] for r in ranges if _VERSION_PARAM in r.params]
-    unknown = [v.strip()[:20] for v in versions if v.strip().lower() not in _VERSION_BY_VALUE]
+    named = [r.params[_VERSION_PARAM] for r in ranges if _VERSION_PARAM in r.params]
+    unknown = [
+        v.strip()[:20] for v in named if _VERSION_BY_VALUE.get(v.strip().lower()) not in versions
+    ]
     why = (
         f"FHIR version {', '.join(dict.fromkeys(unknown))} is not served"
         if unknown
         else "no media type this server produces is acceptable"
     )
     return NotAcceptable(
-        f"Accept: {(accept or '')[:200]}: {why}; {_OFFERED}",
+        f"Accept: {(accept or '')[:200]}: {why}; {_only(versions)}{_OFFERED}",
         detail={"accept": (accept or "")[:200], "supported": list(SUPPORTED)},
     )
 

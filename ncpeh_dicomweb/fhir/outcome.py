@@ -80,12 +80,14 @@ ISSUE_TYPES: Final = frozenset(
 class Issue:
     """One OperationOutcome.issue (operationoutcome.html): ``code`` from :data:`ISSUE_TYPES`;
     ``expression``: the names of the HTTP parameters concerned (also given as ``location``
-    ``http.<name>``, R4's rule for HTTP errors)."""
+    ``http.<name>``, R4's rule for HTTP errors); ``in_body``: FHIRPath expressions into the
+    request's resource instead (no ``location``: that is for HTTP parameters)."""
 
     severity: IssueSeverity
     code: str
     diagnostics: str | None = None
     expression: tuple[str, ...] = ()
+    in_body: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.code not in ISSUE_TYPES:
@@ -98,7 +100,8 @@ class Issue:
             out["diagnostics"] = self.diagnostics
         if self.expression:
             out["location"] = [f"http.{name}" for name in self.expression]
-            out["expression"] = list(self.expression)
+        if self.expression or self.in_body:
+            out["expression"] = [*self.expression, *self.in_body]
         return out
 
 
@@ -120,6 +123,9 @@ _BY_ERROR_CODE: Final[Mapping[str, str]] = MappingProxyType(
         "pacs-busy": "transient",
         "pacs-timeout": "timeout",
         "internal-error": "exception",
+        "unprocessable": "processing",
+        "method-not-allowed": "not-supported",
+        "unsupported-media-type": "not-supported",
     }
 )
 
@@ -190,10 +196,13 @@ def operation_outcome(error: GatewayError) -> dict[str, Any]:
     ``deleted``...), else from its status (400 ``invalid``, 401 ``login``, 403 ``forbidden``,
     404 ``not-found``, 406 ``not-supported``, 410 ``deleted``, 413 ``too-costly``, 502
     ``exception``, 503 ``transient``, 504 ``timeout``...); diagnostics = the message;
-    ``expression`` (and ``location`` ``http.<name>``) from ``detail["parameter"]``.
+    ``expression`` (and ``location`` ``http.<name>``) from ``detail["parameter"]``, and a
+    FHIRPath into the posted resource from ``detail["expression"]``.
     """
     severity, code = _severity_and_code(error.status, error.code)
-    issue = Issue(severity, code, error.message, _parameters(error.detail))
+    in_body = error.detail.get("expression")
+    body_paths = (in_body,) if isinstance(in_body, str) and in_body else ()
+    issue = Issue(severity, code, error.message, _parameters(error.detail), body_paths)
     return outcome([issue])
 
 

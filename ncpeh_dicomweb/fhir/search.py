@@ -56,27 +56,39 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, tzinfo
-from typing import Final, NoReturn
+from typing import Final
 
 from ..backends.base import DicomJson
 from ..dicomweb.attributes import Level
 from ..dicomweb.uids import is_valid_uid
-from ..errors import BadRequest
 from . import mapping
 from .bodysite import BODY_PART_SNOMED
 from .codes import DCM, SCT, URI_SYSTEM, codings, string, values
+from .criteria import (
+    MAX_PARAMS,
+    MAX_QUERIES,
+    Param,
+    PatientCriterion,
+    PatientRef,
+    check_text,
+    criterion_text,
+    fail,
+    or_values,
+    patient_clause,
+    patient_hit,
+    patient_queries,
+    sendable,
+    split_param,
+    wire,
+)
 from .dates import DateValue, date_matches, parse_date, study_date_range, study_times
 from .tokens import (
     IssuerTable,
     NoSystem,
     PatientKey,
     Token,
-    is_digest_id,
     is_fhir_id,
-    parse_patient_resource_id,
     parse_token,
-    patient_resource_id,
-    split_or,
     token_matches,
     unescape,
 )
@@ -122,13 +134,9 @@ INSTANCE_INCLUDEFIELDS: Final = tuple(
     dict.fromkeys(("0020000D", *mapping.INSTANCE_INCLUDEFIELDS, "00080016", "00080018"))
 )
 
-MAX_QUERIES: Final = 10  # study-level queries one search may send (OR'ed patients, accessions)
-MAX_PARAMS: Final = 64  # parameters in one search (each repetition counts)
-MAX_VALUES: Final = 100  # comma-separated values in one parameter
-MAX_TEXT: Final = 1024  # characters in one parameter name or value
+# MAX_QUERIES and the other limits: .criteria (shared with the ImagingSelection search).
 _LOWER_BATCH: Final = 100  # StudyInstanceUIDs per lower-level query (as relational.BATCH)
 _OID = "urn:oid:"
-_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _CS = re.compile(r"[A-Z0-9 _]{1,16}")  # PS3.5 6.2 CS: what a ModalitiesInStudy key may hold
 _UINT = re.compile(r"[0-9]{1,9}")
 _STUDY_DIGEST = re.compile(r"h[0-9a-f]{48}")  # the digest form of mapping.study_id
@@ -154,25 +162,12 @@ class TokenClause:
 
 
 @dataclass(frozen=True, slots=True)
-class PatientRef:
-    """``patient=Patient/{id}``: the id and the patient it names. ``key`` is None for a digest
-    id (``digest``: :func:`resolve_digests`) and for a reference naming no patient of ours."""
-
-    resource_id: str
-    key: PatientKey | None
-    digest: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class StudyRef:
     """One ``_id`` value and the StudyInstanceUID it names: the id itself when it is a UID,
     None for any other id until :func:`resolve_digests` ("" once it named nothing known)."""
 
     resource_id: str
     uid: str | None
-
-
-PatientCriterion = Token | PatientRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,25 +221,7 @@ def study_uid_for_id(resource_id: str) -> str | None:
     return resource_id if is_valid_uid(resource_id) else None
 
 
-def _fail(parameter: str, value: str, reason: str) -> NoReturn:
-    raise BadRequest(
-        f"parameter {parameter[:80]!r}: {reason}",
-        detail={"parameter": parameter[:80], "value": value[:80]},
-    )
-
-
 # ---- parsing ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Param:
-    """One parameter: ``base:modifier.chain=value`` (R4 search #modifiers, #chaining)."""
-
-    name: str
-    value: str
-    base: str
-    modifier: str | None
-    chain: str | None
 
 
 def _uid_value(token: Token, parameter: str) -> Token:
@@ -253,7 +230,7 @@ def _uid_value(token: Token, parameter: str) -> Token:
         return token
     uid = token.code.removeprefix(_OID)
     if not is_valid_uid(uid):
-        _fail(parameter, token.code, f"{token.code[:80]!r} is not a DICOM UID")
+        fail(parameter, token.code, f"{token.code[:80]!r} is not a DICOM UID")
     return Token(token.system, uid)
 
 
@@ -311,31 +288,26 @@ class _Parser:
         self.ignored: list[tuple[str, str]] = []
 
     def add(self, name: str, value: str) -> None:
-        for text in (name, value):
-            if len(text) > MAX_TEXT:
-                _fail(name, value, f"longer than {MAX_TEXT} characters")
-            if _FORBIDDEN.search(text):
-                _fail(name, value, "control characters are not allowed")
+        check_text(name, value)
         if name in _PASSTHROUGH:
             self.passthrough.append((name, value))
             self.used.append((name, value))
             return
-        head, _, chain = name.partition(".")
-        base, colon, modifier = head.partition(":")
-        handler = _HANDLERS.get(base)
+        p = split_param(name, value)
+        handler = _HANDLERS.get(p.base)
         if handler is None:
             self.unsupported(name, value, "not a search parameter of ImagingStudy")
         elif value == "":
             self.ignored.append((name, value))  # a parameter without a value asks nothing
         else:
-            handler(self, _Param(name, value, base, modifier if colon else None, chain or None))
+            handler(self, p)
 
     def unsupported(self, name: str, value: str, reason: str) -> None:
         if self.strict:
-            _fail(name, value, f"{reason} (Prefer: handling=strict)")
+            fail(name, value, f"{reason} (Prefer: handling=strict)")
         self.ignored.append((name, value))
 
-    def plain(self, p: _Param, *modifiers: str) -> bool:
+    def plain(self, p: Param, *modifiers: str) -> bool:
         """False (parameter ignored or refused) if ``p`` has a chain or another modifier."""
         if p.chain is None and (p.modifier is None or p.modifier in modifiers):
             return True
@@ -343,21 +315,16 @@ class _Parser:
         self.unsupported(p.name, p.value, f"{p.base} does not support {what}")
         return False
 
-    def once(self, p: _Param, parsed: object, normalised: str) -> None:
+    def once(self, p: Param, parsed: object, normalised: str) -> None:
         if p.base in self.single:
-            _fail(p.name, p.value, "given more than once")
+            fail(p.name, p.value, "given more than once")
         self.single[p.base] = parsed
         self.used.append((p.base, normalised))
 
-    def values(self, p: _Param) -> list[str]:
-        found = list(dict.fromkeys(split_or(p.value)))
-        if not found:
-            _fail(p.name, p.value, "no value")
-        if len(found) > MAX_VALUES:
-            _fail(p.name, p.value, f"at most {MAX_VALUES} values may be OR'ed")
-        return found
+    def values(self, p: Param) -> list[str]:
+        return or_values(p)
 
-    def token(self, p: _Param) -> None:  # R4 search #token, #modifiers (:not)
+    def token(self, p: Param) -> None:  # R4 search #token, #modifiers (:not)
         if not self.plain(p, "not"):
             return
         canonical, attr, check = _TOKEN_PARAMS[p.base]
@@ -367,50 +334,41 @@ class _Parser:
         label = canonical + (":not" if clause.negated else "")
         self.used.append((label, ",".join(t.text() for t in clause.values)))
 
-    def date(self, p: _Param) -> None:  # R4 search #date
+    def date(self, p: Param) -> None:  # R4 search #date
         if self.plain(p):
             dates = tuple(parse_date(v, p.name, now=self.now) for v in self.values(p))
             self.started.append(dates)
             self.used.append((p.base, ",".join(d.normalised() for d in dates)))
 
-    def reference(self, p: _Param) -> None:  # R4 search #reference, #chaining
-        criteria: tuple[PatientCriterion, ...]
-        if p.chain == "identifier" and p.modifier in (None, "Patient"):
-            criteria = tuple(parse_token(v, p.name) for v in self.values(p))
-            label = f"{p.base}.identifier"
-        elif p.chain is None and p.modifier == "identifier":  # Reference.identifier
-            criteria = tuple(parse_token(v, p.name) for v in self.values(p))
-            label = f"{p.base}:identifier"
-        elif p.chain is None and p.modifier in (None, "Patient"):
-            criteria = tuple(_reference(v, p.name) for v in self.values(p))
-            label = p.base
-        else:
+    def reference(self, p: Param) -> None:  # R4 search #reference, #chaining
+        clause = patient_clause(p)
+        if clause is None:
             what = f"the chain .{p.chain}" if p.chain else f"the modifier :{p.modifier}"
             return self.unsupported(p.name, p.value, f"{p.base} does not support {what}")
-        criteria = tuple(dict.fromkeys(criteria))
+        criteria, label = clause
         self.patient.append(criteria)
-        self.used.append((label, ",".join(_criterion_text(c) for c in criteria)))
+        self.used.append((label, ",".join(criterion_text(c) for c in criteria)))
 
-    def id_(self, p: _Param) -> None:  # R4 search #_id
+    def id_(self, p: Param) -> None:  # R4 search #_id
         if not self.plain(p):
             return
         refs = []
         for resource_id in (unescape(v) for v in self.values(p)):
             if not is_fhir_id(resource_id):
-                _fail(p.name, p.value, f"{resource_id[:80]!r} is not a FHIR id")
+                fail(p.name, p.value, f"{resource_id[:80]!r} is not a FHIR id")
             refs.append(StudyRef(resource_id, study_uid_for_id(resource_id)))
         self.ids.append(tuple(refs))
         self.used.append(("_id", ",".join(r.resource_id for r in refs)))
 
-    def number(self, p: _Param) -> None:  # R4 search #count; _offset for paging links
+    def number(self, p: Param) -> None:  # R4 search #count; _offset for paging links
         if p.modifier is not None or p.chain is not None or not _UINT.fullmatch(p.value):
-            _fail(p.name, p.value, "must be a non-negative integer")
+            fail(p.name, p.value, "must be a non-negative integer")
         number = int(p.value)
         if p.base == "_count" and self.max_count is not None:
             number = min(number, self.max_count)
         self.once(p, number, str(number))
 
-    def include_(self, p: _Param) -> None:  # R4 search #include
+    def include_(self, p: Param) -> None:  # R4 search #include
         # :iterate changes nothing here: an Endpoint or a Patient includes nothing further.
         if not self.plain(p, "iterate"):
             return
@@ -421,13 +379,13 @@ class _Parser:
             self.include[include] = None
             self.used.append(("_include", include))
 
-    def summary(self, p: _Param) -> None:  # R4 search #_summary
+    def summary(self, p: Param) -> None:  # R4 search #_summary
         if p.value not in ("count", "false"):
             self.unsupported(p.name, p.value, "_summary supports count and false")
         elif self.plain(p):
             self.once(p, p.value == "count", p.value)
 
-    def elements_(self, p: _Param) -> None:  # R4 search #_elements
+    def elements_(self, p: Param) -> None:  # R4 search #_elements
         if not self.plain(p):
             return
         new = []
@@ -440,7 +398,7 @@ class _Parser:
         if new:
             self.used.append(("_elements", ",".join(new)))
 
-    def sort_(self, p: _Param) -> None:  # R4 search #_sort
+    def sort_(self, p: Param) -> None:  # R4 search #_sort
         keys = self.values(p) if self.plain(p) else []
         for key in keys[1:]:
             if key.lstrip("-") != "started":  # a second "started" key orders nothing more
@@ -479,7 +437,7 @@ class _Parser:
         )
 
 
-_HANDLERS: dict[str, Callable[[_Parser, _Param], None]] = {
+_HANDLERS: dict[str, Callable[[_Parser, Param], None]] = {
     **dict.fromkeys(_TOKEN_PARAMS, _Parser.token),
     "started": _Parser.date,
     "patient": _Parser.reference,
@@ -492,30 +450,6 @@ _HANDLERS: dict[str, Callable[[_Parser, _Param], None]] = {
     "_elements": _Parser.elements_,
     "_sort": _Parser.sort_,
 }
-
-
-def _reference(raw: str, parameter: str) -> PatientRef:
-    """A reference value (R4 search #reference): ``Patient/{id}``, an absolute URL ending so,
-    or a bare ``{id}``. Another resource type names no patient of ours: it matches nothing."""
-    value = unescape(raw)
-    parts = value.split("/")
-    kind, resource_id = ("Patient", parts[0]) if len(parts) == 1 else (parts[-2], parts[-1])
-    if len(parts) > 2 and not value.startswith(("http://", "https://")):
-        _fail(parameter, raw, f"{raw[:80]!r} is not a reference (Patient/{{id}} or a URL)")
-    if not is_fhir_id(resource_id):
-        _fail(parameter, raw, f"{resource_id[:80]!r} is not a FHIR id")
-    if kind != "Patient":
-        return PatientRef(f"{kind}/{resource_id}", None)
-    key = parse_patient_resource_id(resource_id)
-    return PatientRef(resource_id, key, digest=key is None and is_digest_id(resource_id))
-
-
-def _criterion_text(criterion: PatientCriterion) -> str:
-    if isinstance(criterion, Token):
-        return criterion.text()
-    if "/" in criterion.resource_id:
-        return criterion.resource_id
-    return f"Patient/{criterion.resource_id}"
 
 
 def parse_study_search(
@@ -540,7 +474,7 @@ def parse_study_search(
     ``strict``, else they land in ``StudySearch.ignored``.
     """
     if len(params) > MAX_PARAMS:
-        _fail(params[MAX_PARAMS][0], "", f"a search may hold at most {MAX_PARAMS} parameters")
+        fail(params[MAX_PARAMS][0], "", f"a search may hold at most {MAX_PARAMS} parameters")
     parser = _Parser(strict, now or datetime.now(UTC), max_count)
     for name, value in params:
         parser.add(name, value)
@@ -578,59 +512,6 @@ def resolve_digests(
 
 
 # ---- push-down -------------------------------------------------------------------------------
-
-_PatientQuery = tuple[str | None, str | None]  # (PatientID, IssuerOfPatientID); None = any
-
-
-def _sendable(value: str) -> bool:
-    """A value an LO/SH attribute may hold (PS3.5 6.2: no backslash, no control character)
-    and not wildcards alone once sent (:func:`_wire`; PS3.4 C.2.2.2.4: that would be a
-    universal match, a scan of the whole PACS). Any other value matches no study."""
-    return _wire(value).strip("*?") != "" and "\\" not in value and not _FORBIDDEN.search(value)
-
-
-def _wire(value: str) -> str:
-    """A value as a QIDO key carries it: a comma would separate values (PS3.18 8.3.4.1), so it
-    goes as the wildcard ``?``. ``*`` and ``?`` of the value itself go as wildcards too: a
-    superset, which the gateway narrows (:func:`matches_study` compares exactly)."""
-    return value.replace(",", "?")
-
-
-def _patient_query(criterion: PatientCriterion, issuers: IssuerTable) -> _PatientQuery | None:
-    """What one patient criterion asks of the PACS; None when no patient can match it."""
-    if isinstance(criterion, PatientRef):
-        if criterion.digest and criterion.key is None:
-            _fail("patient", criterion.resource_id, "this Patient id must be resolved first")
-        key = criterion.key
-        return (
-            None if key is None or not _sendable(key.patient_id) else (key.patient_id, key.issuer)
-        )
-    issuer = None
-    if criterion.system:
-        issuer = issuers.issuer_for(criterion.system)
-        if issuer is None:
-            return None  # a system that names no DICOM issuer: no identifier of ours has it
-    if criterion.code is not None and not _sendable(criterion.code):
-        return None
-    return (criterion.code, issuer)
-
-
-def _meet(a: _PatientQuery, b: _PatientQuery) -> _PatientQuery | None:
-    """Both constraints at once (AND), or None if they exclude each other."""
-    if any(x is not None and y is not None and x != y for x, y in zip(a, b, strict=True)):
-        return None
-    return (a[0] if a[0] is not None else b[0], a[1] if a[1] is not None else b[1])
-
-
-def _patient_queries(search: StudySearch, issuers: IssuerTable) -> list[_PatientQuery]:
-    alternatives: list[_PatientQuery] = [(None, None)]
-    for clause in search.patient:
-        ors = list(dict.fromkeys(q for c in clause if (q := _patient_query(c, issuers))))
-        met = (_meet(a, b) for a in alternatives for b in ors)
-        alternatives = list(dict.fromkeys(m for m in met if m is not None))
-    if len(alternatives) > MAX_QUERIES:
-        _fail("patient", "", f"at most {MAX_QUERIES} patients may be searched at once")
-    return alternatives
 
 
 def _identifier_target(token: Token, no_system: NoSystem) -> tuple[str, str | None]:
@@ -697,15 +578,15 @@ def to_qido(search: StudySearch, issuers: IssuerTable) -> list[list[tuple[str, s
     """
     if not all(_token_clause(c, _AVAILABLE, search) for c in search.status):
         return []
-    patients = _patient_queries(search, issuers)
+    patients = patient_queries(search.patient, issuers)
     uid_sets = _pure(search, "uid")
     uid_sets += [[r.uid for r in clause if r.uid] for clause in search.ids]
     for clause in search.ids:
         for ref in clause:
             if ref.uid is None and _STUDY_DIGEST.fullmatch(ref.resource_id):
-                _fail("_id", ref.resource_id, "this ImagingStudy id must be resolved first")
+                fail("_id", ref.resource_id, "this ImagingStudy id must be resolved first")
     uids = _intersect(uid_sets)
-    accessions = _intersect([[a for a in s if _sendable(a)] for s in _pure(search, "accession")])
+    accessions = _intersect([[a for a in s if sendable(a)] for s in _pure(search, "accession")])
     days = study_date_range(search.started)
     modality_sets: list[list[str]] = [
         codes
@@ -731,7 +612,7 @@ def to_qido(search: StudySearch, issuers: IssuerTable) -> list[list[tuple[str, s
     for (patient_id, issuer), accession in ((p, a) for p in patients for a in by_accession):
         keys = [("PatientID", patient_id), ("IssuerOfPatientID", issuer)]
         keys.append(("AccessionNumber", accession))
-        query = [(k, _wire(v)) for k, v in keys if v is not None]
+        query = [(k, wire(v)) for k, v in keys if v is not None]
         queries.append(query + common)
     return queries
 
@@ -773,20 +654,6 @@ def _uid_clause(clause: TokenClause, uids: set[str]) -> bool:
     return hit != clause.negated
 
 
-def _patient_hit(
-    criterion: PatientCriterion, key: PatientKey | None, issuers: IssuerTable, search: StudySearch
-) -> bool:
-    if key is None:
-        return False
-    if isinstance(criterion, Token):
-        found = [(issuers.system_for(key.issuer), key.patient_id)]
-        return token_matches(criterion, found, search.no_system)
-    if criterion.key is not None:
-        return criterion.key == key
-    mine = patient_resource_id(key.patient_id, key.issuer)
-    return criterion.digest and criterion.resource_id == mine
-
-
 def matches_study(
     search: StudySearch,
     study: DicomJson,
@@ -803,7 +670,9 @@ def matches_study(
     """
     patient_id, issuer = string(study, "00100020"), string(study, "00100021")
     key = None if patient_id is None else PatientKey(patient_id, issuer)
-    if not all(any(_patient_hit(c, key, issuers, search) for c in cl) for cl in search.patient):
+    if not all(
+        any(patient_hit(c, key, issuers, search.no_system) for c in cl) for cl in search.patient
+    ):
         return False
     uid, accession = string(study, "0020000D"), string(study, "00080050")
     have = {"uid": uid, "accession": accession}

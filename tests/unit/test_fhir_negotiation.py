@@ -222,3 +222,38 @@ def test_versions_operation(model: type[ParametersR4] | type[ParametersR5]) -> N
         {"name": "version", "valueCode": "5.0"},
         {"name": "default", "valueCode": "4.0"},
     ]
+
+
+# ---- a resource type that exists in R5 only (ImagingSelection)
+
+
+@pytest.mark.parametrize(
+    ("accept", "format_param"),
+    [
+        (None, None),
+        ("*/*", None),
+        ("application/json", None),
+        ("application/fhir+json", None),
+        ("application/fhir+json; fhirVersion=5.0", None),
+        ("application/fhir+json; fhirVersion=4.0, application/fhir+json; fhirVersion=5.0", None),
+        (None, "json"),
+        (None, "application/fhir+json; fhirVersion=5.0"),
+    ],
+)
+def test_r5_only_resources_default_to_r5(accept: str | None, format_param: str | None) -> None:
+    assert negotiate_fhir(accept, format_param, versions=("R5",)).version == "R5"
+
+
+@pytest.mark.parametrize(
+    ("accept", "format_param"),
+    [
+        ("application/fhir+json; fhirVersion=4.0", None),
+        ("application/json; fhirVersion=4.0.1", None),
+        (None, "application/fhir+json; fhirVersion=4.0"),
+    ],
+)
+def test_r5_only_resources_refuse_an_explicit_r4(
+    accept: str | None, format_param: str | None
+) -> None:
+    with pytest.raises(NotAcceptable, match="exists only in FHIR R5"):
+        negotiate_fhir(accept, format_param, versions=("R5",))

@@ -46,10 +46,13 @@ ERROR_ROWS = [
     (errors.Unauthorized("token needed"), 401, "error", "login"),
     (errors.Forbidden("not your patient"), 403, "error", "forbidden"),
     (errors.NotFound("no such study"), 404, "error", "not-found"),
+    (errors.MethodNotAllowed("read-only"), 405, "error", "not-supported"),
     (errors.NotAcceptable("xml"), 406, "error", "not-supported"),
     (errors.Gone("deleted"), 410, "error", "deleted"),
     (errors.PayloadTooLarge("too big"), 413, "error", "too-costly"),
     (errors.UriTooLong("too long"), 414, "error", "too-long"),
+    (errors.UnsupportedMediaType("xml body"), 415, "error", "not-supported"),
+    (errors.Unprocessable("no such instance"), 422, "error", "processing"),
     (errors.UpstreamRejected(409, "conflict"), 409, "error", "conflict"),
     (errors.UpstreamRejected(400, "pacs says no"), 400, "error", "invalid"),
     (errors.UpstreamRejected(418, "teapot"), 418, "error", "processing"),
@@ -181,3 +184,13 @@ def test_outcome_needs_an_issue() -> None:
 
 def test_issue_types_table_is_r4s() -> None:
     assert set(ISSUE_TYPES) == R4_ISSUE_TYPES
+
+
+def test_an_expression_into_the_posted_resource_has_no_http_location() -> None:
+    error = errors.Unprocessable(
+        "not in the PACS", detail={"expression": "ImagingSelection.instance[1].uid"}
+    )
+    body = operation_outcome(error)
+    _validate(body)
+    assert body["issue"][0]["expression"] == ["ImagingSelection.instance[1].uid"]
+    assert "location" not in body["issue"][0]
