@@ -13,10 +13,10 @@ from .backends.dicomweb import DicomWebBackend
 from .backends.dimse.backend import DimseBackend
 from .config import DicomWebSite, Settings, Site
 from .imaging.pool import ImagingPool
-from .state import ServedStudies
-from .web import fhir, health, pixels, qido, viewer, wado
+from .state import open_store
+from .web import fhir, fhir_patient, fhir_selection, health, pixels, qido, viewer, wado
 from .web.cors import add_cors_headers, cors_middleware
-from .web.keys import ACTIVE_STREAMS, BACKENDS, IMAGING_POOL, METADATA_CACHE, SETTINGS
+from .web.keys import ACTIVE_STREAMS, BACKENDS, IMAGING_POOL, METADATA_CACHE, SETTINGS, STORE
 from .web.metadata_cache import MetadataCache
 from .web.middleware import error_middleware
 
@@ -48,8 +48,11 @@ def create_app(settings: Settings) -> web.Application:
         app.add_routes(qido.routes(prefix))
         app.add_routes(wado.routes(prefix))
         app.add_routes(pixels.routes(prefix))
+        app.add_routes(fhir_selection.wado_routes(prefix))
     for prefix in ("/fhir", "/site/{site}/fhir"):
         app.add_routes(fhir.routes(prefix))
+        app.add_routes(fhir_patient.routes(prefix))
+        app.add_routes(fhir_selection.fhir_routes(prefix))
     app.add_routes(fhir.vendor_routes())
     app.cleanup_ctx.append(_state)
     app.add_routes(health.routes())
@@ -76,12 +79,13 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _state(app: web.Application) -> AsyncIterator[None]:
-    store = ServedStudies(app[SETTINGS].state_path)
-    app[fhir.SERVED_STUDIES] = store
+    settings = app[SETTINGS]
+    store = await open_store(settings.state_path, settings.database_url)
+    app[STORE] = store
     try:
         yield
     finally:
-        store.close()
+        await store.close()
 
 
 async def _imaging_pool(app: web.Application) -> AsyncIterator[None]:

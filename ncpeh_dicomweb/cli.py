@@ -16,12 +16,14 @@ from .app import create_app
 from .config import (
     ConfigError,
     Settings,
+    check_database_url,
     check_http_url,
     check_viewer_dir,
     load_settings,
     parse_dimse_address,
     settings_from_mapping,
 )
+from .state import StoreOpenError
 from .web.middleware import AccessLogger, RedactServerErrors
 
 __all__ = ["main"]
@@ -43,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, help="port to listen on (default 8080)")
         p.add_argument("--public-url", help="the gateway's public base URL")
         p.add_argument("--viewer-dir", help="serve this OHIF dist/ at /viewer/ (scripts/ohif.sh)")
+        p.add_argument(
+            "--database-url",
+            metavar="URL",
+            help="keep state in this PostgreSQL database (postgresql://...) instead of SQLite",
+        )
         p.add_argument("--log-level", default=os.environ.get("NCPEH_LOG_LEVEL", "INFO"))
     return parser
 
@@ -86,6 +93,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["public_url"] = check_http_url(args.public_url, "--public-url")
     if args.viewer_dir:
         overrides["viewer_dir"] = check_viewer_dir(args.viewer_dir, "--viewer-dir")
+    if args.database_url:
+        overrides["database_url"] = check_database_url(args.database_url, "--database-url")
     if overrides:
         settings = replace(settings, **overrides)
     return settings
@@ -114,14 +123,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         viewer = f"; viewer at /viewer/ from {settings.viewer_dir}" if settings.viewer_dir else ""
         print(f"configuration OK: sites {sites}; default {settings.default_site}{viewer}")
         return 0
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log_class=AccessLogger,
-        print=lambda text: print(text, flush=True),
-        handle_signals=True,
-    )
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            access_log_class=AccessLogger,
+            print=lambda text: print(text, flush=True),
+            handle_signals=True,
+        )
+    except StoreOpenError as exc:
+        print(f"ncpeh-dicomweb: state store: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

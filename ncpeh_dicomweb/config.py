@@ -18,6 +18,11 @@ Example::
     [viewer]
     dir = "/srv/ohif/dist"   # optional: serve the OHIF viewer (scripts/ohif.sh) at /viewer/
 
+    [state]
+    sqlite = "var/ncpeh-state.sqlite3"   # the default store: one SQLite file
+    # or PostgreSQL, shared by replicas (NCPEH_DATABASE_URL overrides; it may hold a password):
+    # database_url = "postgresql://gateway@db.internal/ncpeh"
+
     [[sites]]
     id = "central"
     kind = "dicomweb"
@@ -49,6 +54,7 @@ __all__ = [
     "DimseSite",
     "Limits",
     "Settings",
+    "check_database_url",
     "check_http_url",
     "check_viewer_dir",
     "load_settings",
@@ -129,6 +135,8 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     # SQLite file of what the gateway remembers (FHIR ids served, for 410 Gone).
     state_path: str = "var/ncpeh-state.sqlite3"
+    # PostgreSQL instead of the SQLite file (replicas share it); None: SQLite.
+    database_url: str | None = field(default=None, repr=False)
     # FHIR identifier system of patient identifiers → DICOM Issuer of Patient ID, both ways.
     patient_id_issuers: tuple[tuple[str, str], ...] = ()
 
@@ -158,7 +166,11 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
         "",
     )
     state = _table(raw, "state")
-    _no_unknown(state, {"sqlite"}, "state.")
+    _no_unknown(state, {"sqlite", "database_url"}, "state.")
+    database_url = _opt_str(state, "database_url", "state.")
+    database_url_key = "state.database_url"
+    if env.get("NCPEH_DATABASE_URL"):
+        database_url, database_url_key = env["NCPEH_DATABASE_URL"], "NCPEH_DATABASE_URL"
     fhir = _table(raw, "fhir")
     _no_unknown(fhir, {"patient_id_issuers"}, "fhir.")
     issuers = fhir.get("patient_id_issuers", {})
@@ -205,6 +217,9 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
             for n in _str_list(server, "trusted_proxies")
         ),
         state_path=_opt_str(state, "sqlite", "state.") or "var/ncpeh-state.sqlite3",
+        database_url=None
+        if database_url is None
+        else check_database_url(database_url, database_url_key),
         patient_id_issuers=tuple(sorted(issuers.items())),
     )
 
@@ -404,6 +419,19 @@ def check_viewer_dir(value: str, key: str) -> str:
     if not (path / "index.html").is_file():
         raise ConfigError(f"{key}: no index.html in {value!r} (scripts/ohif.sh fetches the viewer)")
     return str(path)
+
+
+def check_database_url(value: str, key: str) -> str:
+    """``value`` if a PostgreSQL URL (postgresql://[user[:password]@]host[:port]/database),
+    else ConfigError naming ``key`` (and never the password)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("postgresql", "postgres") or parts.fragment:
+        raise ConfigError(f"{key}: must be a URL such as postgresql://user@host:5432/database")
+    return value
 
 
 def check_http_url(value: str, key: str) -> str:

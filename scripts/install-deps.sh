@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages the gateway's tests and demo need, if any is missing.
 # --browser: also chromium, the browser the viewer test drives (never one Playwright downloads).
+# postgresql: the server the state store's tests start on loopback (scripts/postgres.sh).
 set -euo pipefail
-want=(orthanc orthanc-dicomweb dcmtk curl)
+want=(orthanc orthanc-dicomweb dcmtk curl postgresql)
 [ "${1:-}" = "--browser" ] && want+=(chromium)
 missing=()
 for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

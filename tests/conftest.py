@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 
+pytest_plugins = ["tests.pg"]  # postgres_url, fresh_database_url: a real PostgreSQL
 ROOT = Path(__file__).resolve().parent.parent
 # The FHIR identifier system of the sample Czech patient's issuer (CZ-NCPEH in DICOM).
 CZ_SYSTEM = "urn:oid:1.2.203.24341.1.2"
@@ -186,10 +187,13 @@ def write_dimse_config(
     get_aets: tuple[str, str],
     move_aets: tuple[str, str],
     store_ports: tuple[int, int],
+    database_url: str | None = None,
+    config_name: str = "gateway",
 ) -> Path:
     """A gateway config: site "web" (the Orthanc DICOMweb root, for comparison) and four DIMSE
     sites on one PACS: {prefix}get, {prefix}move, and -nocache twins whose cache is too small to
-    keep a study (every retrieve goes to the PACS)."""
+    keep a study (every retrieve goes to the PACS). Its store is ``work/state.sqlite3``, or the
+    PostgreSQL database ``database_url``; the file is ``work/{config_name}.toml``."""
     sites = [f'[[sites]]\nid = "web"\nurl = "{web_root}"']
     variants = [
         ("get", "c-get", get_aets[0], None, False),
@@ -215,7 +219,7 @@ def write_dimse_config(
         if small:
             lines.append("cache_max_bytes = 1048576")
         sites.append("\n".join(lines))
-    config = work / "gateway.toml"
+    config = work / f"{config_name}.toml"
     config.write_text(
         f'public_url = "http://127.0.0.1:{port}"\ndefault_site = "web"\n'
         f"[server]\nport = {port}\n"
@@ -223,6 +227,7 @@ def write_dimse_config(
         'trusted_proxies = ["127.0.0.1"]\ncors_origins = ["https://viewer.example"]\n'
         + "\n".join(sites)
         + f'\n[state]\nsqlite = "{work / "state.sqlite3"}"\n'
+        + (f'database_url = "{database_url}"\n' if database_url else "")
         + f'[fhir.patient_id_issuers]\n"{CZ_SYSTEM}" = "CZ-NCPEH"\n'
     )
     return config
@@ -279,6 +284,7 @@ def running_dimse_gateway(
     move_aets: tuple[str, str],
     *,
     forget_destinations: bool = False,
+    database_url: str | None = None,
 ) -> Iterator[DimseGateway]:
     """A gateway process with the sites of :func:`write_dimse_config`, its C-MOVE destinations
     registered in Orthanc (through its REST API) first; removed again if asked."""
@@ -300,6 +306,7 @@ def running_dimse_gateway(
         get_aets=get_aets,
         move_aets=move_aets,
         store_ports=store_ports,
+        database_url=database_url,
     )
     log = work / "gateway.log"
     url = f"http://127.0.0.1:{port}"

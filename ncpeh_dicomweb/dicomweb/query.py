@@ -316,7 +316,11 @@ _RESERVED: dict[str, Callable[[_Parser, str, str], None]] = {
 
 
 def parse_qido(
-    params: Iterable[tuple[str, str]], level: Level, *, max_limit: int = 1000
+    params: Iterable[tuple[str, str]],
+    level: Level,
+    *,
+    max_limit: int = 1000,
+    max_value_length: int = MAX_VALUE_LENGTH,
 ) -> QidoQuery:
     """Validate QIDO-RS query parameters (PS3.18 8.3.4) for a search at ``level`` (10.6.1).
 
@@ -324,13 +328,14 @@ def parse_qido(
     C.2.2.2. Reserved names are case-insensitive, as ABNF literals are (RFC 5234 2.3).
     ``limit=0`` is valid (``uint`` in PS3.18 Table 8.3.4-1) and asks for no result; a limit
     above ``max_limit`` is capped with a warning. Anything malformed raises
-    :class:`InvalidQuery` (400) naming the parameter.
+    :class:`InvalidQuery` (400) naming the parameter. ``max_value_length`` bounds what a
+    client may send; the gateway's own queries (UID lists of 100) pass a larger one.
     """
     parser = _Parser(level, max_limit)
     for name, value in params:
         for text in (name, value):
-            if len(text) > MAX_VALUE_LENGTH:
-                _fail(name, value, f"longer than {MAX_VALUE_LENGTH} characters")
+            if len(text) > max_value_length:
+                _fail(name, value, f"longer than {max_value_length} characters")
             if _FORBIDDEN.search(text):
                 _fail(name, value, "control characters are not allowed")
         if name in IGNORED_PARAMS:

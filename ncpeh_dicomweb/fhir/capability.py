@@ -77,10 +77,15 @@ class SearchParamInfo:
 #: ImagingSelection search (R5 imagingselection.html#search), all matched in the gateway on
 #: the Key Object Selection documents and the stored selections.
 IMAGING_SELECTION_SEARCH_PARAMS: Final = (
-    SearchParamInfo("patient", "reference", "Who the selection is about (Patient/{id})."),
-    SearchParamInfo("study-uid", "uri", "The Study Instance UID the selection refers to."),
+    SearchParamInfo(
+        "patient", "reference", "Who the selection is about (Patient/{id}); chained .identifier."
+    ),
+    SearchParamInfo("subject", "reference", "Same as patient."),
+    SearchParamInfo("study-uid", "token", "The Study Instance UID the selection refers to."),
     SearchParamInfo("derived-from", "reference", "The ImagingStudy the selection is taken from."),
     SearchParamInfo("code", "token", "The purpose of the selection (KOS document title)."),
+    SearchParamInfo("status", "token", "available, or a created selection's own status."),
+    SearchParamInfo("_id", "token", "The ImagingSelection id."),
 )
 
 

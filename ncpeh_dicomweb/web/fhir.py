@@ -12,19 +12,16 @@ longer has is 410, not 404.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
 
-from ..backends.base import Backend, DicomJson, Scope, Target
+from ..backends.base import DicomJson, Scope, Target
 from ..dicomweb.attributes import Level
 from ..dicomweb.dicomjson import first_value
-from ..dicomweb.query import parse_qido
-from ..errors import BadRequest, Gone, NotFound
+from ..errors import Gone, NotFound
 from ..fhir.bundle import (
     BundleEntry,
     SearchMode,
@@ -35,7 +32,8 @@ from ..fhir.bundle import (
     summary_count,
 )
 from ..fhir.capability import SearchParamInfo, capability_statement
-from ..fhir.mapping import endpoint, imaging_study, patient, study_id
+from ..fhir.elements import subset
+from ..fhir.mapping import endpoint, imaging_study, patient
 from ..fhir.negotiation import FhirFormat, negotiate_fhir
 from ..fhir.search import (
     StudySearch,
@@ -51,84 +49,48 @@ from ..fhir.search import (
     study_uid_for_id,
     to_qido,
 )
-from ..fhir.tokens import IssuerTable, patient_resource_id
-from ..state import ServedStudies
-from .keys import SETTINGS, accept_of, site_context
+from ..fhir.tokens import IssuerTable
+from .fhir_site import (
+    MAX_CANDIDATES,
+    FhirSite,
+    dataset_text,
+    fhir_response,
+    fhir_site,
+    issuers_of,
+    patient_id_of,
+    qido,
+    search_params,
+    strict_handling,
+)
+from .keys import STORE, accept_of
 
-__all__ = ["SERVED_STUDIES", "routes", "vendor_routes"]
-
-SERVED_STUDIES = web.AppKey("served_studies", ServedStudies)
+__all__ = ["routes", "vendor_routes"]
 
 _DEFAULT_COUNT = 20
+_MANDATORY = ("status", "subject")  # ImagingStudy's 1..1 elements, kept under _elements
 _MAX_COUNT = 100
-_MAX_CANDIDATES = 1000  # studies a search may gather from the PACS before paging
 _ENDPOINT_ID = "wado-rs"
 # Study-level attributes no QIDO level returns from some PACS (Orthanc): read from one instance.
 _DETAIL_TAGS = ("00401012", "0040100A", "00081032", "00400275", "00080201")
 _STUDY_UID, _SERIES_UID, _SOP_UID = "0020000D", "0020000E", "00080018"
 
 
-@dataclass(frozen=True, slots=True)
-class _Site:
-    site_id: str
-    backend: Backend
-    wado_root: str  # the gateway's DICOMweb root for the site, as the client sees it
-    fhir_base: str
-    default: bool  # the default site: ImagingStudy ids are the Study Instance UIDs
-    # Studies already completed from an instance's metadata in this request, by UID.
-    details: dict[str, DicomJson] = field(default_factory=dict)
-
-    def resource_id(self, study_uid: str) -> str:
-        return study_id(study_uid, None if self.default else self.site_id)
-
-
-def _site(request: web.Request) -> _Site:
-    context = site_context(request)
-    default = request.match_info.get("site") is None
-    root = context.base_url.removesuffix("/dicom-web")
-    return _Site(context.site_id, context.backend, context.base_url, root + "/fhir", default)
-
-
-def _issuers(request: web.Request) -> IssuerTable:
-    return IssuerTable.from_pairs(request.app[SETTINGS].patient_id_issuers)
-
-
-def _fhir_response(body: Mapping[str, Any], fmt: FhirFormat, status: int = 200) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body), status=status, headers={"Content-Type": fmt.content_type}
-    )
-
-
 # ---------------------------------------------------------------------- search
-
-
-async def _params(request: web.Request) -> list[tuple[str, str]]:
-    """Search parameters of a GET, or of a POST ``_search`` (form body, then the URL's)."""
-    raw = request.rel_url.raw_query_string
-    try:
-        params = parse_qsl(raw, keep_blank_values=True, errors="strict")
-        if request.method == "POST":
-            body = (await request.read()).decode("utf-8")
-            params = parse_qsl(body, keep_blank_values=True, errors="strict") + params
-    except UnicodeDecodeError:
-        raise BadRequest("the search parameters are not UTF-8", detail={}) from None
-    return params
 
 
 async def search(request: web.Request) -> web.Response:
     """``GET|POST [base]/ImagingStudy?...`` and ``POST [base]/ImagingStudy/_search``."""
-    params = await _params(request)
+    params = await search_params(request)
     fmt = negotiate_fhir(accept_of(request), dict(params).get("_format"))
-    strict = "handling=strict" in request.headers.get("Prefer", "").replace(" ", "")
-    query = parse_study_search(params, strict=strict, max_count=_MAX_COUNT)
-    site = _site(request)
+    query = parse_study_search(params, strict=strict_handling(request), max_count=_MAX_COUNT)
+    site = fhir_site(request)
     query = await _resolved(request, site, query)
-    issuers = _issuers(request)
+    issuers = issuers_of(request)
     studies = await _matching_studies(site, query, issuers)
     self_params = query.self_params()
     if query.summary_count:
         self_url = search_url(site.fhir_base + "/ImagingStudy", self_params)
-        return _fhir_response(
+        return fhir_response(
             summary_count(total=len(studies), self_url=self_url, version=fmt.version), fmt
         )
     count = query.count if query.count is not None else _DEFAULT_COUNT
@@ -141,8 +103,8 @@ async def search(request: web.Request) -> web.Response:
         total=len(studies),
     )
     entries = await _entries(request, site, query, page, fmt, issuers)
-    await request.app[SERVED_STUDIES].remember(
-        site.site_id, [(site.resource_id(_uid(s)), _uid(s)) for s in page]
+    await request.app[STORE].remember(
+        site.site_id, "ImagingStudy", [(site.resource_id(_uid(s)), _uid(s)) for s in page]
     )
     bundle = searchset(
         entries,
@@ -152,17 +114,17 @@ async def search(request: web.Request) -> web.Response:
         previous_url=previous_url,
         version=fmt.version,
     )
-    return _fhir_response(bundle, fmt)
+    return fhir_response(bundle, fmt)
 
 
-async def _resolved(request: web.Request, site: _Site, query: StudySearch) -> StudySearch:
+async def _resolved(request: web.Request, site: FhirSite, query: StudySearch) -> StudySearch:
     """``query`` with its digest ImagingStudy ids (other sites' ids) resolved through the store
     of ids served. Over-long Patient ids are not kept there: they name no patient."""
     _, study_ids = query.digests()
     if not study_ids:
         return query
-    store = request.app[SERVED_STUDIES]
-    known = {rid: await store.study_for(site.site_id, rid) for rid in study_ids}
+    store = request.app[STORE]
+    known = {rid: await store.recall(site.site_id, "ImagingStudy", rid) for rid in study_ids}
     return resolve_digests(query, patient=lambda _: None, study=known.get)
 
 
@@ -170,22 +132,15 @@ def _uid(dataset: DicomJson) -> str:
     return str(first_value(dataset, _STUDY_UID))
 
 
-async def _qido(
-    backend: Backend, params: list[tuple[str, str]], level: Level, scope: Scope, root: str
-) -> list[DicomJson]:
-    query = parse_qido(params, level, max_limit=_MAX_CANDIDATES)
-    return (await backend.search(query, scope, root)).datasets
-
-
 async def _matching_studies(
-    site: _Site, query: StudySearch, issuers: IssuerTable
+    site: FhirSite, query: StudySearch, issuers: IssuerTable
 ) -> list[DicomJson]:
     """Every study matching ``query``, in ``_sort`` order: the PACS's answers to the pushed-down
     queries, narrowed here by what they could not carry."""
     found: dict[str, DicomJson] = {}
     for params in to_qido(query, issuers):
-        params = [*params, ("limit", str(_MAX_CANDIDATES))]
-        for study in await _qido(site.backend, params, Level.STUDY, Scope(), site.wado_root):
+        params = [*params, ("limit", str(MAX_CANDIDATES))]
+        for study in await qido(site, params, Level.STUDY):
             found.setdefault(_uid(study), study)
     site_id = None if site.default else site.site_id
     studies = [s for s in found.values() if matches_study(query, s, issuers, site_id=site_id)]
@@ -201,25 +156,23 @@ async def _matching_studies(
 
 
 async def _lower(
-    site: _Site, level: Level, studies: Sequence[DicomJson]
+    site: FhirSite, level: Level, studies: Sequence[DicomJson]
 ) -> dict[str, list[DicomJson]]:
     """The series or instances of ``studies``, by Study Instance UID (batched UID lists)."""
     out: dict[str, list[DicomJson]] = {}
     for params in lower_qido(level, [_uid(s) for s in studies]):
-        for dataset in await _qido(site.backend, params, level, Scope(), site.wado_root):
+        for dataset in await qido(site, params, level):
             out.setdefault(str(first_value(dataset, _STUDY_UID)), []).append(dataset)
     return out
 
 
-async def _with_detail(site: _Site, study: DicomJson) -> DicomJson:
+async def _with_detail(site: FhirSite, study: DicomJson) -> DicomJson:
     """``study`` with the study-level attributes QIDO may leave out (reason and procedure
     codes) read from the metadata of one of its instances: two PACS requests."""
     uid = _uid(study)
     if uid in site.details:
         return site.details[uid]
-    instances = await _qido(
-        site.backend, [("limit", "1")], Level.INSTANCE, Scope(uid), site.wado_root
-    )
+    instances = await qido(site, [("limit", "1")], Level.INSTANCE, Scope(uid))
     if not instances:
         return study
     first = instances[0]
@@ -239,7 +192,7 @@ async def _with_detail(site: _Site, study: DicomJson) -> DicomJson:
 
 async def _entries(
     request: web.Request,
-    site: _Site,
+    site: FhirSite,
     query: StudySearch,
     page: Sequence[DicomJson],
     fmt: FhirFormat,
@@ -259,21 +212,21 @@ async def _entries(
             [],
             version=fmt.version,
             resource_id=site.resource_id(uid),
-            patient_id=_patient_id(study),
+            patient_id=patient_id_of(study),
             endpoint_id=_ENDPOINT_ID,
         )
-        entries.append(_entry(site, resource))
+        entries.append(_entry(site, subset(resource, query.elements, _MANDATORY)))
     if "ImagingStudy:endpoint" in query.include:
         resource = endpoint(version=fmt.version, resource_id=_ENDPOINT_ID, address=site.wado_root)
         entries.append(_entry(site, resource, mode="include"))
     if "ImagingStudy:patient" in query.include:
         seen: set[str] = set()
         for study in detailed:
-            pid = _patient_id(study)
+            pid = patient_id_of(study)
             if pid in seen:
                 continue
             seen.add(pid)
-            system = issuers.system_for(_text(study, "00100021"))
+            system = issuers.system_for(dataset_text(study, "00100021"))
             resource = patient(
                 study, version=fmt.version, resource_id=pid, identifier_system=system
             )
@@ -281,18 +234,9 @@ async def _entries(
     return entries
 
 
-def _entry(site: _Site, resource: dict[str, Any], *, mode: SearchMode = "match") -> BundleEntry:
+def _entry(site: FhirSite, resource: dict[str, Any], *, mode: SearchMode = "match") -> BundleEntry:
     url = full_url(site.fhir_base, resource["resourceType"], resource["id"])
     return BundleEntry(url, resource, mode)
-
-
-def _text(dataset: DicomJson, tag: str) -> str | None:
-    value = first_value(dataset, tag)
-    return str(value) if value is not None else None
-
-
-def _patient_id(study: DicomJson) -> str:
-    return patient_resource_id(_text(study, "00100020") or "", _text(study, "00100021"))
 
 
 # ---------------------------------------------------------------------- read
@@ -302,7 +246,7 @@ async def read(request: web.Request) -> web.Response:
     """``GET [base]/ImagingStudy/{id}``: the study with its series and instances."""
     fmt = negotiate_fhir(accept_of(request), request.query.get("_format"))
     resource = await _read_study(request, fmt)
-    return _fhir_response(resource, fmt)
+    return fhir_response(resource, fmt)
 
 
 async def vendor_read(request: web.Request) -> web.Response:
@@ -314,31 +258,31 @@ async def vendor_read(request: web.Request) -> web.Response:
 
 
 async def _read_study(request: web.Request, fmt: FhirFormat) -> dict[str, Any]:
-    site = _site(request)
+    site = fhir_site(request)
     resource_id = request.match_info["id"]
-    store = request.app[SERVED_STUDIES]
+    store = request.app[STORE]
     uid = study_uid_for_id(resource_id) if site.default else None
     if uid is None:
-        uid = await store.study_for(site.site_id, resource_id)
+        uid = await store.recall(site.site_id, "ImagingStudy", resource_id)
     if uid is None:
         raise NotFound("no such ImagingStudy", detail={"id": resource_id[:64]})
     params = [("StudyInstanceUID", uid), ("includefield", "all")]
-    studies = await _qido(site.backend, params, Level.STUDY, Scope(), site.wado_root)
+    studies = await qido(site, params, Level.STUDY)
     if not studies:
-        if await store.served(site.site_id, resource_id):
+        if (await store.recall(site.site_id, "ImagingStudy", resource_id)) is not None:
             raise Gone("the study is no longer available", detail={"id": resource_id})
         raise NotFound("no such ImagingStudy", detail={"id": resource_id[:64]})
     study = await _with_detail(site, studies[0])
     series = (await _lower(site, Level.SERIES, [study])).get(uid, [])
     instances = (await _lower(site, Level.INSTANCE, [study])).get(uid, [])
-    await store.remember(site.site_id, [(resource_id, uid)])
+    await store.remember(site.site_id, "ImagingStudy", [(resource_id, uid)])
     return imaging_study(
         study,
         series,
         instances,
         version=fmt.version,
         resource_id=resource_id,
-        patient_id=_patient_id(study),
+        patient_id=patient_id_of(study),
         endpoint_id=_ENDPOINT_ID,
     )
 
@@ -347,8 +291,8 @@ async def read_endpoint(request: web.Request) -> web.Response:
     fmt = negotiate_fhir(accept_of(request), request.query.get("_format"))
     if request.match_info["id"] != _ENDPOINT_ID:
         raise NotFound("no such Endpoint", detail={"id": request.match_info["id"][:64]})
-    site = _site(request)
-    return _fhir_response(
+    site = fhir_site(request)
+    return fhir_response(
         endpoint(version=fmt.version, resource_id=_ENDPOINT_ID, address=site.wado_root), fmt
     )
 
@@ -375,16 +319,16 @@ _PUSHED = {"patient", "subject", "identifier", "modality", "started", "_id"}
 async def metadata(request: web.Request) -> web.Response:
     """``GET [base]/metadata``: the CapabilityStatement."""
     fmt = negotiate_fhir(accept_of(request), request.query.get("_format"))
-    site = _site(request)
+    site = fhir_site(request)
     statement = capability_statement(
         version=fmt.version,
         base_url=site.fhir_base,
         search_params=_SEARCH_PARAMS,
         pushed_to_pacs=_PUSHED,
-        imaging_selection=False,
-        read_types=("Endpoint",),
+        imaging_selection=True,
+        read_types=("Endpoint", "Patient"),
     )
-    return _fhir_response(statement, fmt)
+    return fhir_response(statement, fmt)
 
 
 # ---------------------------------------------------------------------- routes

@@ -11,6 +11,7 @@ from ..backends.base import Backend
 from ..config import Settings
 from ..errors import NotFound
 from ..imaging.pool import ImagingPool
+from ..state import Store
 from .forwarded import forwarded_origin, is_trusted
 from .metadata_cache import MetadataCache
 
@@ -20,6 +21,7 @@ __all__ = [
     "IMAGING_POOL",
     "METADATA_CACHE",
     "SETTINGS",
+    "STORE",
     "SiteContext",
     "abort_connection",
     "accept_of",
@@ -30,6 +32,8 @@ SETTINGS = web.AppKey("settings", Settings)
 BACKENDS = web.AppKey("backends", dict[str, Backend])
 IMAGING_POOL = web.AppKey("imaging_pool", ImagingPool)
 METADATA_CACHE = web.AppKey("metadata_cache", MetadataCache)
+# What outlives a request: FHIR ids served (for 410), selections created by clients.
+STORE = web.AppKey("store", Store)
 # Requests whose streamed answer is under way: cut on shutdown, so a client that stopped
 # reading cannot hold the process.
 ACTIVE_STREAMS: web.AppKey[set[asyncio.BaseTransport]] = web.AppKey("active_streams")

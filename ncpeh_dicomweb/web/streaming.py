@@ -9,7 +9,7 @@ so a truncated body never looks whole. How the stream ended is recorded on the r
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from typing import Literal
 
@@ -35,19 +35,23 @@ async def stream_parts(
     content_type: Callable[[str], str],
     part_type: str,
     what: str,
+    headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
     """Stream ``events`` (a PartHead, its body chunks, the next PartHead...) as one
     ``multipart/related`` response whose Content-Type is ``content_type(boundary)``.
 
     A part without a ``content-type`` header gets ``part_type``. ``what`` names the resource
-    in logs (no patient data). Closes ``events`` in every case.
+    in logs (no patient data); ``headers`` are added to the response's (a ``Warning``).
+    Closes ``events`` in every case.
     """
     async with aclosing(events):
         first = await anext(events, None)
         if first is None:
             raise NotFound("nothing found", detail={"resource": what})
         boundary = multipart.new_boundary()
-        response = web.StreamResponse(headers={"Content-Type": content_type(boundary)})
+        response = web.StreamResponse(
+            headers={**(headers or {}), "Content-Type": content_type(boundary)}
+        )
         streams = request.app[ACTIVE_STREAMS]
         transport = request.transport
         outcome: StreamOutcome = "cut"

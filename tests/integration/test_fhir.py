@@ -18,6 +18,7 @@ from fhir.resources.R4B.bundle import Bundle as BundleR4
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement as CapabilityR4
 from fhir.resources.R4B.imagingstudy import ImagingStudy as ImagingStudyR4
 from fhir.resources.R4B.operationoutcome import OperationOutcome as OutcomeR4
+from fhir.resources.R4B.patient import Patient as PatientR4
 from pydicom.uid import generate_uid
 
 from tests.conftest import CZ_SYSTEM, DimseGateway, Pacs
@@ -148,7 +149,8 @@ def test_r5_on_request(dimse_gateway: DimseGateway) -> None:
     bundle = _search(dimse_gateway, "web", "patient.identifier=|456789123&modality=MR", R5)
     resource = bundle["entry"][0]["resource"]
     ImagingStudyR5.model_validate(resource)
-    assert resource["modality"][0]["coding"][0]["code"] == "MR"  # CodeableConcept in R5
+    # R5: each modality a CodeableConcept (the study also holds its KO key-image series)
+    assert "MR" in {m["coding"][0]["code"] for m in resource["modality"]}
     assert (
         "fhirVersion=5.0"
         in requests.get(f"{dimse_gateway.url}/fhir/metadata", headers=R5, timeout=30).headers[
@@ -241,3 +243,61 @@ def test_a_study_served_then_gone_is_410(dimse_gateway: DimseGateway, pacs: Pacs
     gone = requests.get(url, timeout=30)
     assert gone.status_code == 410
     assert gone.json()["issue"][0]["code"] == "deleted"
+
+
+def test_elements_cut_the_matches_to_what_was_asked(dimse_gateway: DimseGateway) -> None:
+    query = (
+        "patient.identifier=|456789123&_elements=identifier,started&_include=ImagingStudy:patient"
+    )
+    bundle = _search(dimse_gateway, "web", query)
+    assert ("_elements", "identifier,started") in parse_qsl(
+        urlsplit(bundle["link"][0]["url"]).query
+    )
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        if entry["search"]["mode"] == "include":
+            assert "meta" not in resource  # only the matches are cut
+            continue
+        ImagingStudyR4.model_validate(resource)
+        # identifier and started as asked; status and subject are mandatory: kept.
+        assert set(resource) == {
+            "resourceType",
+            "id",
+            "meta",
+            "identifier",
+            "status",
+            "subject",
+            "started",
+        }
+        assert resource["meta"]["tag"][0]["code"] == "SUBSETTED"
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_read_the_patient_a_study_references(dimse_gateway: DimseGateway, site: str) -> None:
+    bundle = _search(dimse_gateway, site, "patient.identifier=|456789123&_count=1")
+    reference = bundle["entry"][0]["resource"]["subject"]["reference"]
+    answer = requests.get(f"{_base(dimse_gateway, site)}/{reference}", timeout=60)
+    assert answer.status_code == 200, answer.text[:300]
+    patient = answer.json()
+    PatientR4.model_validate(patient)
+    assert f"Patient/{patient['id']}" == reference
+    assert patient["identifier"] == [{"system": CZ_SYSTEM, "value": "456789123"}]
+    missing = requests.get(f"{_base(dimse_gateway, site)}/Patient/nobody-here", timeout=60)
+    assert missing.status_code == 404
+    OutcomeR4.model_validate(missing.json())
+
+
+def test_a_search_matched_at_the_series_level_over_every_study(
+    dimse_gateway: DimseGateway, pacs: Pacs
+) -> None:
+    """No patient: every study of the PACS is a candidate, and their series are read in UID
+    lists longer than a client's QIDO value may be (the gateway batches its own queries)."""
+    chest = "http://snomed.info/sct|816094009"
+    found = {site: _search(dimse_gateway, site, f"bodysite={chest}&_count=100") for site in SITES}
+    expected = {
+        study["study_uid"]
+        for study in pacs.manifest["core"]["studies"]
+        if any(series.get("body_part") == "CHEST" for series in study["series"])
+    }
+    assert expected and expected <= _uids(found["web"])
+    assert _uids(found["web"]) == _uids(found["get"])

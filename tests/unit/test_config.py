@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from ncpeh_dicomweb.cli import main
 from ncpeh_dicomweb.config import (
     ConfigError,
     load_settings,
@@ -129,3 +130,49 @@ def test_cors_origins_and_trusted_proxies() -> None:
 def test_bad_cors_and_proxy_settings(server: dict[str, Any], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         settings_from_mapping({"server": server, "sites": [_site()]}, {})
+
+
+def test_state_store_settings() -> None:
+    settings = settings_from_mapping({"sites": [_site()]}, {})
+    assert (settings.state_path, settings.database_url) == ("var/ncpeh-state.sqlite3", None)
+    url = "postgresql://gw:s3cret@db.internal:5432/ncpeh"
+    raw = {"sites": [_site()], "state": {"sqlite": "/srv/state.db", "database_url": url}}
+    settings = settings_from_mapping(raw, {})
+    assert (settings.state_path, settings.database_url) == ("/srv/state.db", url)
+    assert "s3cret" not in repr(settings)
+    # The environment overrides the file (a URL may hold a password); empty means unset.
+    other = "postgres://gw@db2/ncpeh"
+    assert settings_from_mapping(raw, {"NCPEH_DATABASE_URL": other}).database_url == other
+    assert settings_from_mapping(raw, {"NCPEH_DATABASE_URL": ""}).database_url == url
+    plain = {"sites": [_site()]}
+    assert settings_from_mapping(plain, {"NCPEH_DATABASE_URL": other}).database_url == other
+
+
+@pytest.mark.parametrize(
+    ("state", "env", "names"),
+    [
+        ({"database_url": "mysql://db/x"}, {}, "state.database_url"),
+        ({"database_url": ""}, {}, "state.database_url"),
+        ({"database_url": 5}, {}, "state.database_url"),
+        ({"database_url": "postgresql://db:port/x"}, {}, "state.database_url"),
+        ({}, {"NCPEH_DATABASE_URL": "sqlite:///x"}, "NCPEH_DATABASE_URL"),
+        ({"postgres": "x"}, {}, "state.postgres"),
+    ],
+)
+def test_bad_state_values_name_the_key(
+    state: dict[str, Any], env: dict[str, str], names: str
+) -> None:
+    with pytest.raises(ConfigError, match=names):
+        settings_from_mapping({"sites": [_site()], "state": state}, env)
+
+
+def test_database_url_flag(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NCPEH_CONFIG", raising=False)
+    monkeypatch.delenv("NCPEH_DATABASE_URL", raising=False)
+    base = ["check-config", "--pacs-dicomweb", "http://pacs:8042/dicom-web"]
+    assert main([*base, "--database-url", "postgresql://gw:s3cret@db/ncpeh"]) == 0
+    assert main([*base, "--database-url", "mysql://gw:s3cret@db/ncpeh"]) == 2
+    err = capsys.readouterr().err
+    assert "--database-url: must be a URL such as postgresql://" in err and "s3cret" not in err

@@ -129,9 +129,12 @@ def test_imaging_selection_only_in_r5(
         ]
         assert [p["name"] for p in selection["searchParam"]] == [
             "patient",
+            "subject",
             "study-uid",
             "derived-from",
             "code",
+            "status",
+            "_id",
         ]
 
 
@@ -154,7 +157,7 @@ def test_custom_selection_params() -> None:
     assert selection["searchParam"] == [
         {"name": "study-uid", "type": "uri", "documentation": "Study."}
     ]
-    assert len(IMAGING_SELECTION_SEARCH_PARAMS) == 4
+    assert len(IMAGING_SELECTION_SEARCH_PARAMS) == 7
 
 
 def test_date_can_be_given() -> None:
