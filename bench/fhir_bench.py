@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """The NCPeH page's three FHIR searches through the gateway against the same searches' QIDO
-pushed down alone (to the PACS directly), in the same run: p50 latency and the ratio.
+pushed down alone (to the PACS directly), in the same run: p50 latency and the ratio; and what
+each FHIR interaction costs in PACS requests (counted by the gateway: /health/stats), the first
+time (cold: no metadata cached) and again (warm).
 
     python bench/fhir_bench.py --pacs-env var/orthanc/env [--repeat 30]
 
@@ -38,6 +40,26 @@ SEARCHES = {
 }
 
 
+# Further FHIR interactions whose PACS cost is counted (no QIDO twin to compare with).
+OTHERS = {
+    "read-imaging-study": "ImagingStudy/{study}",
+    "selection-by-patient": "ImagingSelection?patient={patient}",
+    "selection-by-study": "ImagingSelection?study-uid={study}",
+    "read-patient": "{patient}",
+}
+
+
+def _pacs_requests(base: str, session: requests.Session) -> int:
+    stats = session.get(f"{base}/health/stats", timeout=10).json()
+    return int(stats["sites"]["main"]["pacs_requests"])
+
+
+def _cost(base: str, url: str, session: requests.Session) -> int:
+    before = _pacs_requests(base, session)
+    session.get(url, timeout=60).raise_for_status()
+    return _pacs_requests(base, session) - before
+
+
 def _p50(url: str, repeat: int, session: requests.Session) -> float:
     times = []
     for _ in range(repeat):
@@ -68,11 +90,14 @@ def main() -> int:
     )
     try:
         time.sleep(2)
-        result = {}
+        result: dict[str, dict[str, object]] = {}
+        base = f"http://127.0.0.1:{port}"
         with requests.Session() as session:
             for name, (fhir, qido) in SEARCHES.items():
-                fhir_url = f"http://127.0.0.1:{port}/fhir/ImagingStudy?{fhir}"
+                fhir_url = f"{base}/fhir/ImagingStudy?{fhir}"
                 qido_url = f"{direct}/studies?{qido}"
+                cold = _cost(base, fhir_url, session)
+                warm = _cost(base, fhir_url, session)
                 _p50(fhir_url, 2, session)  # warm both
                 _p50(qido_url, 2, session)
                 gw, pacs = (
@@ -85,6 +110,20 @@ def main() -> int:
                     "fhir_p50_ms": round(gw, 1),
                     "qido_direct_p50_ms": round(pacs, 1),
                     "ratio": round(gw / pacs, 1),
+                    "pacs_requests_cold": cold,
+                    "pacs_requests_warm": warm,
+                }
+            found = session.get(f"{base}/fhir/ImagingStudy?{SEARCHES['modality-MR'][0]}").json()
+            study = found["entry"][0]["resource"]
+            names = {"study": study["id"], "patient": study["subject"]["reference"]}
+            for name, path in OTHERS.items():
+                url = f"{base}/fhir/{path.format(**names)}"
+                cold = _cost(base, url, session)
+                warm = _cost(base, url, session)
+                result[name] = {
+                    "fhir_p50_ms": round(_p50(url, args.repeat, session), 1),
+                    "pacs_requests_cold": cold,
+                    "pacs_requests_warm": warm,
                 }
     finally:
         gateway.terminate()

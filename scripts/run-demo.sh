@@ -76,5 +76,12 @@ $viewer_lines
     curl -s '$base/fhir/ImagingStudy?patient.identifier=|456789123&modality=MR'
     curl -s '$base/fhir/metadata'
 
+  Key images (FHIR R5 ImagingSelection, from the sample KOS; each one's contained Endpoint
+  streams its listed instances as multipart/related):
+    curl -s '$base/fhir/ImagingSelection?patient.identifier=|456789123'
+    curl -s -X POST -H 'Content-Type: application/fhir+json' '$base/fhir/ImagingSelection' \
+      -d '{"resourceType": "ImagingSelection", "status": "available", "code": {"text": "mine"},
+           "studyUid": "<a study UID>", "seriesUid": "<its series>", "instance": [{"uid": "<an instance>"}]}'
+
 TXT
 .venv/bin/ncpeh-dicomweb serve --config "$config"

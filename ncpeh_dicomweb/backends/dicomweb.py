@@ -76,6 +76,7 @@ class DicomWebBackend:
             total=None, connect=site.connect_timeout, sock_read=site.read_timeout
         )
         self._files = InstanceFiles(site.id, _INSTANCE_FILES_BYTES)
+        self._requests = 0  # HTTP requests made to the PACS (the cost of a FHIR search)
 
     @classmethod
     def create(cls, site: DicomWebSite) -> DicomWebBackend:
@@ -227,7 +228,7 @@ class DicomWebBackend:
             pass
 
     def stats(self) -> dict[str, int]:
-        return {"instance_fetches": self._files.fetches}
+        return {"instance_fetches": self._files.fetches, "pacs_requests": self._requests}
 
     async def close(self) -> None:
         await self._files.close()
@@ -241,6 +242,7 @@ class DicomWebBackend:
         client_timeout: aiohttp.ClientTimeout,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         headers = {**self._headers, "Accept": accept}
+        self._requests += 1
         # encoded=True: yarl would otherwise re-quote `^` as %5E, which Orthanc never decodes.
         target = yarl.URL(url, encoded=True)
         try:

@@ -168,26 +168,38 @@ async def _lower(
 
 async def _with_detail(site: FhirSite, study: DicomJson) -> DicomJson:
     """``study`` with the study-level attributes QIDO may leave out (reason and procedure
-    codes) read from the metadata of one of its instances: two PACS requests."""
+    codes) read from the metadata of one of its instances: two PACS requests, none while the
+    detail is in the cache."""
     uid = _uid(study)
     if uid in site.details:
         return site.details[uid]
+    key = (site.site_id, site.wado_root, f"fhir-study-detail/{uid}")
+    cached = site.cache.get(key)
+    if cached is not None:
+        detail: DicomJson = orjson.loads(cached.body)
+    else:
+        detail = await _read_detail(site, uid)
+        site.cache.put(key, orjson.dumps(detail))
+    merged = dict(study)
+    for tag, value in detail.items():
+        merged.setdefault(tag, value)
+    site.details[uid] = merged
+    return merged
+
+
+async def _read_detail(site: FhirSite, uid: str) -> DicomJson:
+    """The detail attributes of one instance of study ``uid`` ({} if it has none)."""
     instances = await qido(site, [("limit", "1")], Level.INSTANCE, Scope(uid))
     if not instances:
-        return study
+        return {}
     first = instances[0]
     target = Target(uid, str(first_value(first, _SERIES_UID)), str(first_value(first, _SOP_UID)))
     try:
         metadata = await site.backend.metadata(target, site.wado_root)
     except NotFound:
-        return study
-    detail = metadata[0] if metadata else {}
-    merged = dict(study)
-    for tag in _DETAIL_TAGS:
-        if tag not in merged and tag in detail:
-            merged[tag] = detail[tag]
-    site.details[uid] = merged
-    return merged
+        return {}
+    found = metadata[0] if metadata else {}
+    return {tag: found[tag] for tag in _DETAIL_TAGS if tag in found}
 
 
 async def _entries(

@@ -19,7 +19,8 @@ from ..errors import BadRequest
 from ..fhir.mapping import study_id
 from ..fhir.negotiation import FhirFormat
 from ..fhir.tokens import IssuerTable, patient_resource_id
-from .keys import SETTINGS, site_context
+from .keys import METADATA_CACHE, SETTINGS, site_context
+from .metadata_cache import MetadataCache
 
 __all__ = [
     "MAX_CANDIDATES",
@@ -48,6 +49,9 @@ class FhirSite:
     wado_root: str  # the gateway's DICOMweb root for the site, as the client sees it
     fhir_base: str
     default: bool  # the default site: ImagingStudy ids are the Study Instance UIDs
+    # Study-level detail read from an instance's metadata, kept across requests (bounded,
+    # with the metadata cache's TTL: a search repeated within it costs no detail reads).
+    cache: MetadataCache
     # Studies already completed from an instance's metadata in this request, by UID.
     details: dict[str, DicomJson] = field(default_factory=dict)
 
@@ -65,7 +69,14 @@ def fhir_site(request: web.Request) -> FhirSite:
     context = site_context(request)
     default = request.match_info.get("site") is None
     root = context.base_url.removesuffix("/dicom-web")
-    return FhirSite(context.site_id, context.backend, context.base_url, root + "/fhir", default)
+    return FhirSite(
+        context.site_id,
+        context.backend,
+        context.base_url,
+        root + "/fhir",
+        default,
+        request.app[METADATA_CACHE],
+    )
 
 
 def issuers_of(request: web.Request) -> IssuerTable:
