@@ -6,16 +6,20 @@ Blocking functions (file reads, pydicom) are called through ``asyncio.to_thread`
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataset import Dataset
 
 from ..base import DicomJson
 
 __all__ = ["file_chunks", "metadata_of", "stored_syntax", "study_and_series", "with_bulk_uris"]
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _BULK_THRESHOLD = 1024  # values longer than this become BulkDataURIs (PS3.18 F.2.6)
@@ -51,15 +55,36 @@ def stored_syntax(path: Path) -> str:
 
 def metadata_of(path: Path) -> DicomJson:
     """DICOM JSON of a cached instance; large values as placeholder BulkDataURIs (F.2.6)."""
-    ds = pydicom.dcmread(path)
+    return _json_of(pydicom.dcmread(path))
 
-    def as_uri(_: Any) -> str:
-        return _PLACEHOLDER
 
-    out: DicomJson = ds.to_json_dict(
-        bulk_data_threshold=_BULK_THRESHOLD, bulk_data_element_handler=as_uri
-    )
-    return out
+def _as_uri(_: Any) -> str:
+    return _PLACEHOLDER
+
+
+def _json_of(ds: Dataset) -> DicomJson:
+    """``ds`` as DICOM JSON. A value pydicom cannot convert (an IS of "1A", say: such files
+    exist in PACS) is left out of its attribute, which keeps its VR, rather than failing the
+    whole study's metadata; the rest of the dataset is still given."""
+    try:
+        out: DicomJson = ds.to_json_dict(
+            bulk_data_threshold=_BULK_THRESHOLD, bulk_data_element_handler=_as_uri
+        )
+        return out
+    except (ValueError, TypeError, OverflowError):
+        pass
+    kept: DicomJson = {}
+    for element in ds:
+        key = f"{element.tag:08X}"
+        if element.VR == "SQ":
+            kept[key] = {"vr": "SQ", "Value": [_json_of(item) for item in element.value]}
+            continue
+        try:
+            kept[key] = element.to_json_dict(_as_uri, _BULK_THRESHOLD)
+        except (ValueError, TypeError, OverflowError):
+            log.warning("metadata: a malformed %s value of %s left out", element.VR, key)
+            kept[key] = {"vr": element.VR}
+    return kept
 
 
 def with_bulk_uris(metadata: DicomJson, instance_url: str) -> DicomJson:
