@@ -55,6 +55,7 @@ from ..fhir.bundle import (
     searchset,
     summary_count,
 )
+from ..fhir.criteria import PatientRef
 from ..fhir.negotiation import FhirFormat, FhirVersion, negotiate_fhir
 from ..fhir.search import study_uid_for_id
 from ..fhir.selection import (
@@ -432,7 +433,7 @@ async def search(request: web.Request) -> web.Response:
     # Over-long patient identities (digest ids) are not kept: they name no patient here.
     query = resolve_digests(query, patient=lambda _: None)
     site = fhir_site(request)
-    found = [*await _kos_selections(request, site, query), *await _created(request, site)]
+    found = [*await _kos_selections(request, site, query), *await _created(request, site, query)]
     issuers = issuers_of(request)
     found = [s for s in found if matches_selection(query, s.resource, issuers, s.patient)]
     found.sort(key=lambda s: (s.study_uid, str(s.resource.get("issued", "")), s.resource["id"]))
@@ -484,8 +485,22 @@ async def _kos_selections(
     return out
 
 
-async def _created(request: web.Request, site: FhirSite) -> list[_Selection]:
-    stored = await request.app[STORE].find_selections(site.site_id, limit=MAX_CANDIDATES)
+async def _created(
+    request: web.Request, site: FhirSite, query: SelectionSearch
+) -> list[_Selection]:
+    """The selections clients created, narrowed in the store by what it indexes (study UID,
+    patient id); :func:`matches_selection` checks everything after."""
+    study_uids: set[str] | None = None
+    for uid_clause in query.study_uids:
+        study_uids = set(uid_clause) if study_uids is None else study_uids & set(uid_clause)
+    patient_ids: set[str] | None = None
+    for clause in query.patients:
+        if all(isinstance(c, PatientRef) for c in clause):
+            ids = {c.resource_id for c in clause if isinstance(c, PatientRef)}
+            patient_ids = ids if patient_ids is None else patient_ids & ids
+    stored = await request.app[STORE].find_selections(
+        site.site_id, study_uids=study_uids, patient_ids=patient_ids, limit=MAX_CANDIDATES
+    )
     return [_from_store(site, s) for s in stored]
 
 
