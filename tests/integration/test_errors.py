@@ -353,3 +353,47 @@ async def test_retry_after_and_odd_part_headers_are_sanitised(
     assert body.rstrip().endswith(b"--")
     assert b"Thorax" not in body
     assert b"transfer-syntax=1.2.840.10008.1.2.1" in body
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "fhir/ImagingStudy?patient.identifier=|P1",
+        "fhir/Patient/P1",
+        "fhir/ImagingSelection?patient=Patient/P1",
+    ],
+)
+@pytest.mark.parametrize(
+    ("site", "status", "issue_code"), [("down", 502, "transient"), ("slow", 504, "timeout")]
+)
+async def test_pacs_faults_on_fhir_routes_are_operation_outcomes(
+    gateway_client: TestClient[Any, Any], path: str, site: str, status: int, issue_code: str
+) -> None:
+    response = await gateway_client.get(f"/site/{site}/{path}")
+    text = await response.text()
+    assert response.status == status, (path, text)
+    assert "Traceback" not in text and "127.0.0.1" not in text
+    assert response.headers["Content-Type"].startswith("application/fhir+json")
+    body = await response.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert body["issue"][0]["code"] == issue_code
+
+
+async def test_a_selection_posted_to_a_site_whose_pacs_is_down_is_502(
+    gateway_client: TestClient[Any, Any],
+) -> None:
+    selection = {
+        "resourceType": "ImagingSelection",
+        "status": "available",
+        "code": {"text": "x"},
+        "studyUid": UID,
+        "seriesUid": UID + ".1",
+        "instance": [{"uid": UID + ".1.1"}],
+    }
+    response = await gateway_client.post(
+        "/site/down/fhir/ImagingSelection",
+        json=selection,
+        headers={"Content-Type": "application/fhir+json"},
+    )
+    assert response.status == 502
+    assert (await response.json())["issue"][0]["code"] == "transient"
