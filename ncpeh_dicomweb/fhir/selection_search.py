@@ -12,7 +12,7 @@ The flow the web layer follows:
 1. :func:`parse_selection_search` → :class:`SelectionSearch` (400 on anything malformed);
    digest Patient ids resolved (:func:`resolve_digests`) if there are any.
 2. :func:`pacs_queries` → series-level QIDO queries for the KOS series (an empty list: no KOS
-   can match, ask nothing); the KOS instances of each series read (``selection.read_kos``)
+   can match, ask nothing); the KOS instances of each series read (``kos.read_kos``)
    and built (``selection.selection_from_kos``); the stored (POSTed) selections added.
 3. Each resource kept if :func:`matches_selection`; ``_count`` / ``_offset`` paging.
 

@@ -56,24 +56,24 @@ from ..fhir.bundle import (
     summary_count,
 )
 from ..fhir.criteria import PatientRef
-from ..fhir.negotiation import FhirFormat, FhirVersion, negotiate_fhir
-from ..fhir.search import study_uid_for_id
-from ..fhir.selection import (
+from ..fhir.kos import (
     KOS_SOP_CLASS,
     KeyObjectSelection,
     ListedInstance,
-    PostedSelection,
-    SelectionInvalid,
+    is_rejection_note,
+    read_kos,
+)
+from ..fhir.negotiation import FhirFormat, FhirVersion, negotiate_fhir
+from ..fhir.search import study_uid_for_id
+from ..fhir.selection import (
     imaging_selection,
     is_created_selection_id,
-    is_rejection_note,
     kos_selection_id,
     new_selection_id,
     parse_kos_selection_id,
-    parse_posted_selection,
-    read_kos,
     selection_from_kos,
 )
+from ..fhir.selection_post import PostedSelection, SelectionInvalid, parse_posted_selection
 from ..fhir.selection_search import (
     SelectionSearch,
     matches_selection,

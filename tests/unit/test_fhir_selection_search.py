@@ -8,13 +8,9 @@ import pytest
 
 from ncpeh_dicomweb.errors import BadRequest
 from ncpeh_dicomweb.fhir.criteria import MAX_QUERIES, PatientRef
+from ncpeh_dicomweb.fhir.kos import ListedInstance
 from ncpeh_dicomweb.fhir.search import TokenClause
-from ncpeh_dicomweb.fhir.selection import (
-    ListedInstance,
-    imaging_selection,
-    kos_selection_id,
-    new_selection_id,
-)
+from ncpeh_dicomweb.fhir.selection import imaging_selection, kos_selection_id, new_selection_id
 from ncpeh_dicomweb.fhir.selection_search import (
     STATUS_SYSTEM,
     SelectionSearch,
