@@ -14,7 +14,17 @@ from .backends.dimse.backend import DimseBackend
 from .config import DicomWebSite, Settings, Site
 from .imaging.pool import ImagingPool
 from .state import open_store
-from .web import fhir, fhir_patient, fhir_selection, health, pixels, qido, viewer, wado
+from .web import (
+    fhir,
+    fhir_patient,
+    fhir_selection,
+    health,
+    pixels,
+    qido,
+    selection_retrieve,
+    viewer,
+    wado,
+)
 from .web.cors import add_cors_headers, cors_middleware
 from .web.keys import ACTIVE_STREAMS, BACKENDS, IMAGING_POOL, METADATA_CACHE, SETTINGS, STORE
 from .web.metadata_cache import MetadataCache
@@ -48,7 +58,7 @@ def create_app(settings: Settings) -> web.Application:
         app.add_routes(qido.routes(prefix))
         app.add_routes(wado.routes(prefix))
         app.add_routes(pixels.routes(prefix))
-        app.add_routes(fhir_selection.wado_routes(prefix))
+        app.add_routes(selection_retrieve.routes(prefix))
     for prefix in ("/fhir", "/site/{site}/fhir"):
         app.add_routes(fhir.routes(prefix))
         app.add_routes(fhir_patient.routes(prefix))

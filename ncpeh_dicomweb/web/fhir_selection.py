@@ -1,51 +1,25 @@
-"""FHIR R5 ImagingSelection: key-image selections read live from the Key Object Selection
-documents in the PACS, and selections a client creates (kept in the gateway's store), each
-retrievable as one ``multipart/related`` stream of its listed instances.
-
-Where a selection comes from decides what can be done with it:
-
-=======================  ===================================  ==============================
-selection                id                                   interactions
-=======================  ===================================  ==============================
-from a KOS in the PACS   ``{KOS SOP UID}-{n}`` (n-th series   search, read; DELETE is 405:
-                         referenced) or a digest on non-      the document is the PACS's
-                         default sites (``fhir.selection``)
-created by ``POST``      a UUID                               search, read, DELETE (then
-                                                              410)
-=======================  ===================================  ==============================
-
-A KOS found by a search costs a series-level QIDO (Modality KO, narrowed by patient or study)
-and the metadata of each KO series; IOCM rejection notes are not selections. The listed
-instances are served at ``{DICOMweb root}/selections/{id}``, the address of the selection's
-contained Endpoint, in the selection's order: one WADO-RS retrieve per instance after one QIDO
-that checks which are still there (those gone are named in a ``Warning``).
-"""
+"""FHIR R5 ImagingSelection: search, read, create (a client's selection, checked against the
+PACS and kept in the store) and delete; where selections come from is :mod:`.selections`."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from contextlib import aclosing
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
 
 from aiohttp import web
 
-from ..backends.base import DicomJson, RetrieveEvent, Scope, Target
+from ..backends.base import DicomJson, Scope
 from ..dicomweb.attributes import Level
-from ..dicomweb.dicomjson import first_value
-from ..dicomweb.media import negotiate_instances
 from ..errors import (
     BadRequest,
-    Gone,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     Unprocessable,
     UnsupportedMediaType,
-    warning_value,
 )
 from ..fhir.bundle import (
     BundleEntry,
@@ -57,21 +31,14 @@ from ..fhir.bundle import (
 )
 from ..fhir.criteria import PatientRef
 from ..fhir.kos import (
-    KOS_SOP_CLASS,
-    KeyObjectSelection,
     ListedInstance,
-    is_rejection_note,
-    read_kos,
 )
 from ..fhir.negotiation import FhirFormat, FhirVersion, negotiate_fhir
 from ..fhir.search import study_uid_for_id
 from ..fhir.selection import (
     imaging_selection,
     is_created_selection_id,
-    kos_selection_id,
     new_selection_id,
-    parse_kos_selection_id,
-    selection_from_kos,
 )
 from ..fhir.selection_post import PostedSelection, SelectionInvalid, parse_posted_selection
 from ..fhir.selection_search import (
@@ -81,8 +48,6 @@ from ..fhir.selection_search import (
     parse_selection_search,
     resolve_digests,
 )
-from ..fhir.tokens import parse_patient_resource_id, patient_resource_id
-from ..imaging.transcode import encodable
 from ..state import StoredInstance, StoredSelection
 from .fhir_site import (
     MAX_CANDIDATES,
@@ -96,32 +61,26 @@ from .fhir_site import (
     search_params,
     strict_handling,
 )
-from .keys import IMAGING_POOL, STORE, accept_of
-from .streaming import stream_parts
-from .transcoding import transcoded
+from .keys import STORE, accept_of
+from .selections import (
+    SELECTION_KIND,
+    Selection,
+    find_selection,
+    from_store,
+    held_instances,
+    kos_series_selections,
+    listed_url,
+    remember_served,
+)
 
-__all__ = ["fhir_routes", "wado_routes"]
+__all__ = ["fhir_routes"]
 
 _R5_ONLY: tuple[FhirVersion, ...] = ("R5",)
 _DEFAULT_COUNT = 20
 _MAX_COUNT = 100
 _MAX_BODY = 4 << 20  # a selection of 10,000 instances is well under 1 MiB of JSON
-_UID_BATCH = 100  # SOP Instance UIDs per QIDO query when checking a selection's instances
-_KIND = "ImagingSelection"  # in the store's record of ids served
 _JSON_TYPES = frozenset({"application/fhir+json", "application/json"})
 _SERIES_UID, _STUDY_UID, _SOP_UID, _SOP_CLASS = "0020000E", "0020000D", "00080018", "00080016"
-
-
-@dataclass(frozen=True, slots=True)
-class _Selection:
-    """A selection found: its resource (for this request's URLs) and what it lists."""
-
-    resource: dict[str, Any]
-    study_uid: str
-    series_uid: str
-    instances: tuple[ListedInstance, ...]
-    patient: tuple[str, str | None] | None  # PatientID, IssuerOfPatientID when known
-    kos_key: str | None  # "{KOS SOP UID}/{n}" for one read from a KOS; None if created
 
 
 def _format(request: web.Request, params: Mapping[str, str] | None = None) -> FhirFormat:
@@ -129,124 +88,18 @@ def _format(request: web.Request, params: Mapping[str, str] | None = None) -> Fh
     return negotiate_fhir(accept_of(request), query.get("_format"), versions=_R5_ONLY)
 
 
-def _listed_url(site: FhirSite, resource_id: str) -> str:
-    return f"{site.wado_root}/selections/{resource_id}"
-
-
 def _instant(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
-# ---------------------------------------------------------------------- from the PACS
-
-
-def _from_kos(site: FhirSite, kos: KeyObjectSelection, index: int) -> _Selection:
-    resource_id = kos_selection_id(kos.kos_instance_uid, index, site.id_site)
-    patient = (kos.patient_id, kos.issuer) if kos.patient_id is not None else None
-    resource = selection_from_kos(
-        kos,
-        resource_id=resource_id,
-        patient_id=None if patient is None else patient_resource_id(*patient),
-        study_resource_id=site.resource_id(kos.study_uid),
-        retrieve_url=_listed_url(site, resource_id),
-    )
-    key = f"{kos.kos_instance_uid}/{index}"
-    return _Selection(resource, kos.study_uid, kos.series_uid, kos.instances, patient, key)
-
-
-def _selections_of_kos(site: FhirSite, metadata: DicomJson) -> list[_Selection]:
-    if first_value(metadata, _SOP_CLASS) != KOS_SOP_CLASS or is_rejection_note(metadata):
-        return []
-    return [_from_kos(site, kos, i) for i, kos in enumerate(read_kos(metadata), start=1)]
-
-
-async def _kos_series_selections(site: FhirSite, series: DicomJson) -> list[_Selection]:
-    """The selections of every KOS in one KO series: one metadata request."""
-    study, series_uid = dataset_text(series, _STUDY_UID), dataset_text(series, _SERIES_UID)
-    if study is None or series_uid is None:
-        return []
-    try:
-        metadata = await site.backend.metadata(Target(study, series_uid), site.wado_root)
-    except NotFound:
-        return []  # gone between the QIDO and now
-    return [s for dataset in metadata for s in _selections_of_kos(site, dataset)]
-
-
-# ---------------------------------------------------------------------- from the store
-
-
-def _from_store(site: FhirSite, stored: StoredSelection) -> _Selection:
-    resource = dict(stored.resource)
-    # The retrieval address follows the URL the client uses now (proxy, public_url).
-    resource["contained"] = [
-        {**c, "address": _listed_url(site, stored.resource_id)}
-        if c.get("resourceType") == "Endpoint"
-        else c
-        for c in resource.get("contained", [])
-    ]
-    key = parse_patient_resource_id(stored.patient_id)
-    patient = (key.patient_id, key.issuer) if key is not None else None
-    instances = tuple(
-        ListedInstance(i.sop_instance_uid, i.sop_class_uid, i.frames) for i in stored.instances
-    )
-    return _Selection(resource, stored.study_uid, stored.series_uid, instances, patient, None)
-
-
 # ---------------------------------------------------------------------- read, delete
-
-
-async def _find(request: web.Request, site: FhirSite, resource_id: str) -> _Selection:
-    """The selection ``resource_id`` names; 404 if none, 410 if it was deleted or its KOS is
-    no longer in the PACS."""
-    store = request.app[STORE]
-    if is_created_selection_id(resource_id):
-        stored = await store.selection(site.site_id, resource_id)
-        if stored is None:
-            raise NotFound("no such ImagingSelection", detail={"id": resource_id})
-        if stored.deleted is not None:
-            raise Gone("the ImagingSelection was deleted", detail={"id": resource_id})
-        return _from_store(site, stored)
-    key = parse_kos_selection_id(resource_id) if site.default else None
-    remembered = await store.recall(site.site_id, _KIND, resource_id)
-    if key is None and remembered is not None:
-        remembered_uid, _, position = remembered.rpartition("/")
-        key = (remembered_uid, int(position)) if position.isdigit() else None
-    if key is None:
-        raise NotFound("no such ImagingSelection", detail={"id": resource_id[:64]})
-    kos_uid, index = key
-    found = await qido(
-        site, [("SOPInstanceUID", kos_uid), ("includefield", _SERIES_UID)], Level.INSTANCE
-    )
-    selections: list[_Selection] = []
-    if found:
-        study, series = dataset_text(found[0], _STUDY_UID), dataset_text(found[0], _SERIES_UID)
-        if study is not None and series is not None:
-            try:
-                target = Target(study, series, kos_uid)
-                metadata = await site.backend.metadata(target, site.wado_root)
-                selections = _selections_of_kos(site, metadata[0]) if metadata else []
-            except NotFound:
-                selections = []
-    if 1 <= index <= len(selections):
-        await _remember(request, site, selections[index - 1 : index])
-        return selections[index - 1]
-    if remembered is not None:
-        raise Gone("the key object selection is no longer in the PACS", detail={"id": resource_id})
-    raise NotFound("no such ImagingSelection", detail={"id": resource_id[:64]})
-
-
-async def _remember(request: web.Request, site: FhirSite, found: Sequence[_Selection]) -> None:
-    """Record the KOS selections served, so that one the PACS loses later is 410."""
-    pairs = [(str(s.resource["id"]), s.kos_key) for s in found if s.kos_key is not None]
-    if pairs:
-        await request.app[STORE].remember(site.site_id, _KIND, pairs)
 
 
 async def read(request: web.Request) -> web.Response:
     """``GET [base]/ImagingSelection/{id}`` (R5)."""
     fmt = _format(request)
     site = fhir_site(request)
-    selection = await _find(request, site, request.match_info["id"])
+    selection = await find_selection(request, site, request.match_info["id"])
     return fhir_response(selection.resource, fmt, headers=_version_headers(selection.resource))
 
 
@@ -273,7 +126,7 @@ async def delete(request: web.Request) -> web.Response:
         if await store.selection(site.site_id, resource_id) is None:
             raise NotFound("no such ImagingSelection", detail={"id": resource_id})
         return web.Response(status=204)  # deleted already: DELETE is idempotent
-    await _find(request, site, resource_id)  # 404 / 410 first
+    await find_selection(request, site, resource_id)  # 404 / 410 first
     raise MethodNotAllowed(
         "this ImagingSelection is a Key Object Selection document in the PACS: it cannot be"
         " deleted through the gateway",
@@ -323,7 +176,7 @@ async def create(request: web.Request) -> web.Response:
         instances=instances,
         patient_id=patient_id,
         study_resource_id=study_resource_id,
-        retrieve_url=_listed_url(site, resource_id),
+        retrieve_url=listed_url(site, resource_id),
         issued=_instant(now),
         extra=posted.extra,
         meta={"versionId": "1", "lastUpdated": _instant(now)},
@@ -369,7 +222,7 @@ async def _check_in_pacs(
             "the study is not in the PACS", detail={"expression": "ImagingSelection.studyUid"}
         )
     scope = Scope(posted.study_uid, posted.series_uid)
-    held = await _held(site, scope, [i.sop_instance_uid for i in posted.instances])
+    held = await held_instances(site, scope, [i.sop_instance_uid for i in posted.instances])
     if not held and not await qido(site, [("limit", "1")], Level.INSTANCE, scope):
         raise Unprocessable(
             "the series is not in the study in the PACS",
@@ -392,19 +245,6 @@ async def _check_in_pacs(
 
 def _listed_class(posted: PostedSelection, uid: str) -> str | None:
     return next((i.sop_class_uid for i in posted.instances if i.sop_instance_uid == uid), None)
-
-
-async def _held(site: FhirSite, scope: Scope, uids: Sequence[str]) -> dict[str, str | None]:
-    """Which of ``uids`` the PACS holds in ``scope``, with their SOP Classes."""
-    held: dict[str, str | None] = {}
-    for start in range(0, len(uids), _UID_BATCH):
-        batch = uids[start : start + _UID_BATCH]
-        params = [("SOPInstanceUID", ",".join(batch)), ("includefield", _SOP_CLASS)]
-        for dataset in await qido(site, params, Level.INSTANCE, scope):
-            uid = dataset_text(dataset, _SOP_UID)
-            if uid is not None:
-                held[uid] = dataset_text(dataset, _SOP_CLASS)
-    return held
 
 
 def _check_references(posted: PostedSelection, patient_id: str, study_resource_id: str) -> None:
@@ -446,9 +286,9 @@ async def search(request: web.Request) -> web.Response:
     self_url, next_url, previous_url = page_links(
         base, query.self_params(), offset=query.offset, count=count, total=len(found)
     )
-    await _remember(request, site, page)
+    await remember_served(request, site, page)
     entries = [
-        BundleEntry(full_url(site.fhir_base, _KIND, str(s.resource["id"])), s.resource, "match")
+        BundleEntry(full_url(site.fhir_base, SELECTION_KIND, str(s.resource["id"])), s.resource)
         for s in page
     ]
     bundle = searchset(
@@ -464,7 +304,7 @@ async def search(request: web.Request) -> web.Response:
 
 async def _kos_selections(
     request: web.Request, site: FhirSite, query: SelectionSearch
-) -> list[_Selection]:
+) -> list[Selection]:
     """The selections of the KOS documents the pushed-down QIDO queries find."""
     uids: dict[str, str | None] = {}
     for resource_id in query.derived_study_ids():
@@ -473,7 +313,7 @@ async def _kos_selections(
             site.site_id, "ImagingStudy", resource_id
         )
     seen: set[str] = set()
-    out: list[_Selection] = []
+    out: list[Selection] = []
     for params in pacs_queries(query, issuers_of(request), uids.get):
         query_params = [*params, ("limit", str(MAX_CANDIDATES))]
         for series in await qido(site, query_params, Level.SERIES):
@@ -481,13 +321,11 @@ async def _kos_selections(
             if series_uid is None or series_uid in seen:
                 continue
             seen.add(series_uid)
-            out += await _kos_series_selections(site, series)
+            out += await kos_series_selections(site, series)
     return out
 
 
-async def _created(
-    request: web.Request, site: FhirSite, query: SelectionSearch
-) -> list[_Selection]:
+async def _created(request: web.Request, site: FhirSite, query: SelectionSearch) -> list[Selection]:
     """The selections clients created, narrowed in the store by what it indexes (study UID,
     patient id); :func:`matches_selection` checks everything after."""
     study_uids: set[str] | None = None
@@ -501,52 +339,7 @@ async def _created(
     stored = await request.app[STORE].find_selections(
         site.site_id, study_uids=study_uids, patient_ids=patient_ids, limit=MAX_CANDIDATES
     )
-    return [_from_store(site, s) for s in stored]
-
-
-# ---------------------------------------------------------------------- listed instances
-
-
-async def retrieve_listed(request: web.Request) -> web.StreamResponse:
-    """``GET {DICOMweb root}/selections/{id}``: the selection's instances, in its order, as one
-    ``multipart/related; type="application/dicom"`` stream (the NCPeH "All listed instances"
-    retrieval), negotiated and transcoded like a study retrieve. Instances the PACS no longer
-    holds are left out and counted in a ``Warning``; none left is 404."""
-    media = negotiate_instances(accept_of(request), can_produce=encodable)
-    site = fhir_site(request)
-    selection = await _find(request, site, request.match_info["id"])
-    listed = [i.sop_instance_uid for i in selection.instances]
-    held = await _held(site, Scope(selection.study_uid, selection.series_uid), listed)
-    present = [uid for uid in listed if uid in held]
-    if not present:
-        raise NotFound(
-            "none of the selection's instances is in the PACS any more",
-            detail={"id": request.match_info["id"]},
-        )
-    headers = {}
-    if len(present) < len(listed):
-        gone = len(listed) - len(present)
-        headers["Warning"] = warning_value(f"{gone} listed instance(s) no longer in the PACS")
-    events = _listed_events(site, selection, present)
-    events = transcoded(events, media.transfer_syntax, request.app[IMAGING_POOL])
-    return await stream_parts(
-        request,
-        events,
-        content_type=media.content_type,
-        part_type=media.part_content_type(),
-        what=f"retrieve of the instances of selection {request.match_info['id'][:64]}",
-        headers=headers,
-    )
-
-
-async def _listed_events(
-    site: FhirSite, selection: _Selection, uids: Sequence[str]
-) -> AsyncGenerator[RetrieveEvent, None]:
-    for uid in uids:
-        target = Target(selection.study_uid, selection.series_uid, uid)
-        async with aclosing(site.backend.retrieve(target, site.wado_root)) as events:
-            async for event in events:
-                yield event
+    return [from_store(site, s) for s in stored]
 
 
 # ---------------------------------------------------------------------- routes
@@ -561,8 +354,3 @@ def fhir_routes(prefix: str) -> list[web.RouteDef]:
         web.get(f"{prefix}/ImagingSelection/{{id}}", read),
         web.delete(f"{prefix}/ImagingSelection/{{id}}", delete),
     ]
-
-
-def wado_routes(prefix: str) -> list[web.RouteDef]:
-    """The listed-instances retrieval under a DICOMweb root."""
-    return [web.get(f"{prefix}/selections/{{id}}", retrieve_listed)]
