@@ -3,10 +3,12 @@
 
 Sets (``--set``, repeatable):
 
-* ``core``      6 patients, 14 studies (CT, MR, CR), 27 series, 275 instances, about 9.9 MB:
+* ``core``      6 patients, 14 studies (CT, MR, CR), 29 series, 277 instances, about 9.9 MB:
                 realistic names (one UTF-8 ``ISO_IR 192``, one Latin-1 ``ISO_IR 100``, one
                 without SpecificCharacterSet), dates 2023-2025, procedure (LOINC) and reason
-                (SNOMED CT) codes, geometry, windowing, small 16-bit phantom images.
+                (SNOMED CT) codes, geometry, windowing, small 16-bit phantom images; two
+                studies also hold a Key Object Selection document (key images, a KO series
+                of its own; the manifest's ``kos`` lists them).
 * ``large``     one CT study of patient ``LARGE-CT-1``: 4 series, 500 slices of 512x512x16 bit,
                 about 263 MB (``--large-instances``, ``--large-series``, ``--large-matrix``).
 * ``testdata``  every parseable file of pydicom's bundled ``data/test_files`` that has a
@@ -61,7 +63,13 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian,
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
-SOP_CLASS = {"CT": CT_IMAGE_STORAGE, "MR": MR_IMAGE_STORAGE, "CR": CR_IMAGE_STORAGE}
+KOS_STORAGE = "1.2.840.10008.5.1.4.1.1.88.59"  # Key Object Selection Document Storage
+SOP_CLASS = {
+    "CT": CT_IMAGE_STORAGE,
+    "MR": MR_IMAGE_STORAGE,
+    "CR": CR_IMAGE_STORAGE,
+    "KO": KOS_STORAGE,
+}
 
 CORE_SEED = "ncpeh-dicomweb-core-v1"
 LARGE_SEED = "ncpeh-dicomweb-large-v1"
@@ -343,6 +351,9 @@ SCT_NEOPLASM = Code("108369006", "SCT", "Neoplasm")
 SCT_KIDNEY_DISEASE = Code("90708001", "SCT", "Kidney disease")
 SCT_LUNG_CANCER = Code("93880001", "SCT", "Lung cancer")
 SCT_CHEST_PAIN = Code("29857009", "SCT", "Chest Pain")
+# Key Object Selection (PS3.16): document title (CID 7010) and the description's concept.
+DCM_OF_INTEREST = Code("113000", "DCM", "Of Interest")
+DCM_KEY_OBJECT_DESCRIPTION = Code("113012", "DCM", "Key Object Description")
 
 
 @dataclass(frozen=True)
@@ -376,6 +387,24 @@ class Series:
 
 
 @dataclass(frozen=True)
+class KeyObjects:
+    """A Key Object Selection document (PS3.3 A.35.4, TID 2010) in a series of its own.
+
+    ``references``: the selected images, in document order, as (series index, instance
+    index) of the study's image series, with the frame numbers to name (empty: no
+    ReferencedFrameNumber). ``minutes``: created this long after the study started.
+    """
+
+    title: Code
+    description: str | None  # the Key Object Description TEXT item; None: no such item
+    references: tuple[tuple[int, int, tuple[int, ...]], ...]
+    minutes: int
+    timezone: str  # TimezoneOffsetFromUTC of the document, e.g. "+0100"
+    series_number: int = 999
+    series_description: str = "Key images"
+
+
+@dataclass(frozen=True)
 class Study:
     key: str  # part of the UID seed; unique within a set
     patient: Patient
@@ -388,6 +417,7 @@ class Study:
     reason: Code
     station: str
     series: tuple[Series, ...]
+    key_objects: tuple[KeyObjects, ...] = ()  # KOS documents, each in a series of its own
 
 
 CT_PARAMS: dict[str, Any] = {"KVP": "120", "XRayTubeCurrent": 180, "ConvolutionKernel": "B30f"}
@@ -564,7 +594,8 @@ P_NOWAK = Patient(
 
 # fmt: off
 def core_studies() -> list[Study]:
-    """The ``core`` set: 6 patients, 14 studies, 27 series, 275 instances."""
+    """The ``core`` set: 6 patients, 14 studies, 29 series, 277 instances (2 of them Key
+    Object Selection documents, in series of their own)."""
     return [
         Study(
             "mueller-ct-2023", P_MUELLER, dt.datetime(2023, 3, 14, 8, 12, 5), "A23DE0001",
@@ -649,6 +680,8 @@ def core_studies() -> list[Study]:
                 ct("Addome venoso 5mm", 12, "abdomen", "ABDOMEN", W_SOFT, CT_PARAMS),
                 ct("Tardiva 5mm", 10, "abdomen", "ABDOMEN", W_SOFT, CT_PARAMS),
             ),
+            # two images of the arterial chest series; no description (the item is optional)
+            (KeyObjects(DCM_OF_INTEREST, None, ((1, 5, ()), (1, 6, ())), 35, "+0100"),),
         ),
         Study(
             "rossi-cr-2025", P_ROSSI, dt.datetime(2025, 8, 11, 7, 30, 15), "RM25-021040",
@@ -672,6 +705,9 @@ def core_studies() -> list[Study]:
                 mr("ax T1 VIBE", 10, "spine_ax", "t1", "KIDNEY", "AX", 360.0, (600.0, 1200.0),
                    mr_params("T1", 4, 2, 1)),
             ),
+            # three images of two series: one document, two selections (one per series)
+            (KeyObjects(DCM_OF_INTEREST, "Left kidney lesion",
+                        ((0, 4, ()), (0, 5, ()), (1, 6, ())), 40, "+0100"),),
         ),
         Study(
             "novak-ct-2024", P_NOVAK, dt.datetime(2024, 11, 2, 7, 55, 20), "BR24-05512",
@@ -801,30 +837,17 @@ def build_dataset(job: Job) -> Dataset:
     ds.ImageType = list(series.image_type)
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = job.sop_uid
-    ds.StudyDate = study.when.strftime("%Y%m%d")
+    _study_attributes(ds, study)
     ds.SeriesDate = series_time.strftime("%Y%m%d")
     ds.AcquisitionDate = ds.SeriesDate
     ds.ContentDate = content_time.strftime("%Y%m%d")
-    ds.StudyTime = study.when.strftime("%H%M%S")
     ds.SeriesTime = series_time.strftime("%H%M%S")
     ds.AcquisitionTime = ds.SeriesTime
     ds.ContentTime = content_time.strftime("%H%M%S")
-    ds.AccessionNumber = study.accession
     ds.Modality = series.modality
     ds.Manufacturer = "NCPeH Synthetic"
-    ds.InstitutionName = pat.institution
-    ds.ReferringPhysicianName = study.referring
-    ds.StationName = study.station
-    ds.StudyDescription = study.description
-    ds.ProcedureCodeSequence = DicomSequence([study.procedure.item()])
     ds.SeriesDescription = series.description
     ds.ManufacturerModelName = f"sample_data {series.modality}"
-    ds.PatientName = pat.name
-    ds.PatientID = pat.id
-    ds.IssuerOfPatientID = pat.issuer
-    ds.PatientBirthDate = pat.birth_date
-    ds.PatientSex = pat.sex
-    ds.PatientAge = age(pat.birth_date, study.when.date())
     ds.BodyPartExamined = series.body_part
     if series.thickness:
         ds.SliceThickness = ds_str(series.thickness)
@@ -836,7 +859,6 @@ def build_dataset(job: Job) -> Dataset:
         ds.PatientPosition = "FFS" if series.body_part == "KNEE" else "HFS"
     ds.StudyInstanceUID = job.study_uid
     ds.SeriesInstanceUID = job.series_uid
-    ds.StudyID = study.study_id
     ds.SeriesNumber = job.s + 1
     ds.AcquisitionNumber = 1
     ds.InstanceNumber = job.i + 1
@@ -871,10 +893,172 @@ def build_dataset(job: Job) -> Dataset:
         ds.RescaleIntercept = "-1024"
         ds.RescaleSlope = "1"
         ds.RescaleType = "HU"
-    ds.ReasonForPerformedProcedureCodeSequence = DicomSequence([study.reason.item()])
     salt = job.i * 31 + job.s * 7
     ds.PixelData = render(series.kind, series.contrast, n, t, salt).tobytes()
     return ds
+
+
+@dataclass(frozen=True)
+class KosJob:
+    """One Key Object Selection document to generate: ``study.key_objects[k]``."""
+
+    seed: str
+    study: Study
+    k: int
+
+    @property
+    def kos(self) -> KeyObjects:
+        return self.study.key_objects[self.k]
+
+    @property
+    def study_uid(self) -> str:
+        return uid(self.seed, self.study.key, "study")
+
+    @property
+    def series_uid(self) -> str:
+        return uid(self.seed, self.study.key, "kos-series", self.k)
+
+    @property
+    def sop_uid(self) -> str:
+        return uid(self.seed, self.study.key, "kos", self.k)
+
+    @property
+    def created(self) -> dt.datetime:
+        """Content, series and instance creation date and time (local, at ``timezone``)."""
+        return self.study.when + dt.timedelta(minutes=self.kos.minutes)
+
+    def referenced(self) -> list[tuple[Job, tuple[int, ...]]]:
+        """The selected images as jobs of their own (their UIDs), with frame numbers."""
+        out = []
+        for s, i, frames in self.kos.references:
+            if not (0 <= s < len(self.study.series) and 0 <= i < self.study.series[s].count):
+                raise ValueError(f"{self.study.key}: key object {self.k} names no image {s}/{i}")
+            out.append((Job(self.seed, self.study, s, i), frames))
+        return out
+
+    def by_series(self) -> dict[str, list[Job]]:
+        """The selected images per series (Series Instance UID), in document order."""
+        out: dict[str, list[Job]] = {}
+        for job, _ in self.referenced():
+            out.setdefault(job.series_uid, []).append(job)
+        return out
+
+
+def _study_attributes(ds: Dataset, study: Study) -> None:
+    """Patient, General Study, Patient Study and equipment attributes every instance of a
+    study carries alike (whichever instance Orthanc sees first fills its study record)."""
+    pat = study.patient
+    ds.StudyDate = study.when.strftime("%Y%m%d")
+    ds.StudyTime = study.when.strftime("%H%M%S")
+    ds.AccessionNumber = study.accession
+    ds.InstitutionName = pat.institution
+    ds.ReferringPhysicianName = study.referring
+    ds.StationName = study.station
+    ds.StudyDescription = study.description
+    ds.ProcedureCodeSequence = DicomSequence([study.procedure.item()])
+    ds.PatientName = pat.name
+    ds.PatientID = pat.id
+    ds.IssuerOfPatientID = pat.issuer
+    ds.PatientBirthDate = pat.birth_date
+    ds.PatientSex = pat.sex
+    ds.PatientAge = age(pat.birth_date, study.when.date())
+    ds.StudyID = study.study_id
+    ds.ReasonForPerformedProcedureCodeSequence = DicomSequence([study.reason.item()])
+
+
+def build_kos(job: KosJob) -> Dataset:
+    """A Key Object Selection Document (PS3.3 A.35.4): Patient, General Study, Patient Study,
+    Key Object Document Series (C.17.6.1), General Equipment, Key Object Document (C.17.6.2),
+    SR Document Content (C.17.3; TID 2010 Key Object Selection) and SOP Common modules."""
+    study, kos, pat = job.study, job.kos, job.study.patient
+    created = job.created
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(KOS_STORAGE)
+    meta.MediaStorageSOPInstanceUID = UID(job.sop_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "NCPEH_SAMPLE_1"
+
+    ds = Dataset()
+    ds.file_meta = meta
+    if pat.charset:
+        ds.SpecificCharacterSet = pat.charset
+    ds.InstanceCreationDate = created.strftime("%Y%m%d")
+    ds.InstanceCreationTime = created.strftime("%H%M%S")
+    ds.SOPClassUID = KOS_STORAGE
+    ds.SOPInstanceUID = job.sop_uid
+    ds.TimezoneOffsetFromUTC = kos.timezone
+    _study_attributes(ds, study)
+    ds.StudyInstanceUID = job.study_uid
+    # Key Object Document Series
+    ds.Modality = "KO"
+    ds.SeriesInstanceUID = job.series_uid
+    ds.SeriesNumber = kos.series_number
+    ds.SeriesDate = created.strftime("%Y%m%d")
+    ds.SeriesTime = created.strftime("%H%M%S")
+    ds.SeriesDescription = kos.series_description
+    ds.ReferencedPerformedProcedureStepSequence = DicomSequence([])  # Type 2
+    # General Equipment
+    ds.Manufacturer = "NCPeH Synthetic"
+    ds.ManufacturerModelName = "sample_data KO"
+    ds.SoftwareVersions = "sample_data.py 1"
+    # Key Object Document
+    ds.InstanceNumber = 1
+    ds.ContentDate = created.strftime("%Y%m%d")
+    ds.ContentTime = created.strftime("%H%M%S")
+    evidence_series = []
+    for series_uid, jobs in job.by_series().items():
+        item = Dataset()
+        item.SeriesInstanceUID = series_uid
+        item.ReferencedSOPSequence = DicomSequence([_sop_ref(j) for j in jobs])
+        evidence_series.append(item)
+    evidence = Dataset()
+    evidence.StudyInstanceUID = job.study_uid
+    evidence.ReferencedSeriesSequence = DicomSequence(evidence_series)
+    ds.CurrentRequestedProcedureEvidenceSequence = DicomSequence([evidence])
+    # SR Document General Module flags (C.17.2): not in the KOS IOD's module list (A.35.4),
+    # written for consumers that read them; a strict IOD validator notes them
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    # SR Document Content: the root CONTAINER of TID 2010, titled from CID 7010
+    ds.ValueType = "CONTAINER"
+    ds.ConceptNameCodeSequence = DicomSequence([kos.title.item()])
+    ds.ContinuityOfContent = "SEPARATE"
+    template = Dataset()
+    template.MappingResource = "DCMR"
+    template.TemplateIdentifier = "2010"
+    ds.ContentTemplateSequence = DicomSequence([template])
+    content = []
+    if kos.description is not None:
+        text = Dataset()
+        text.RelationshipType = "CONTAINS"
+        text.ValueType = "TEXT"
+        text.ConceptNameCodeSequence = DicomSequence([DCM_KEY_OBJECT_DESCRIPTION.item()])
+        text.TextValue = kos.description
+        content.append(text)
+    for image_job, frames in job.referenced():
+        image = Dataset()
+        image.RelationshipType = "CONTAINS"
+        image.ValueType = "IMAGE"
+        ref = _sop_ref(image_job)
+        if frames:
+            ref.ReferencedFrameNumber = list(frames)
+        image.ReferencedSOPSequence = DicomSequence([ref])
+        content.append(image)
+    ds.ContentSequence = DicomSequence(content)
+    return ds
+
+
+def _sop_ref(job: Job) -> Dataset:
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = SOP_CLASS[job.series.modality]
+    ref.ReferencedSOPInstanceUID = job.sop_uid
+    return ref
+
+
+def build(job: Job | KosJob) -> Dataset:
+    return build_kos(job) if isinstance(job, KosJob) else build_dataset(job)
 
 
 def encode(ds: Dataset) -> bytes:
@@ -883,11 +1067,13 @@ def encode(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def jobs_of(seed: str, studies: Sequence[Study]) -> Iterator[Job]:
+def jobs_of(seed: str, studies: Sequence[Study]) -> Iterator[Job | KosJob]:
     for study in studies:
         for s, series in enumerate(study.series):
             for i in range(series.count):
                 yield Job(seed, study, s, i)
+        for k in range(len(study.key_objects)):
+            yield KosJob(seed, study, k)
 
 
 # --------------------------------------------------------------------------- Orthanc client
@@ -1003,32 +1189,37 @@ def generate_set(
     if out is not None:
         (out / name).mkdir(parents=True, exist_ok=True)
 
-    def work(job: Job) -> int:
-        data = encode(build_dataset(job))
+    def work(job: Job | KosJob) -> int:
+        data = encode(build(job))
         if out is not None:
             (out / name / f"{job.sop_uid}.dcm").write_bytes(data)
         if orthanc is not None:
             try:
                 orthanc.post_instance(data)
             except (UploadError, requests.RequestException, ValueError) as exc:
+                what = (
+                    f"key object document {job.k + 1}"
+                    if isinstance(job, KosJob)
+                    else f"series {job.s + 1} instance {job.i + 1}"
+                )
                 raise UploadError(
-                    f"{name}: upload of {job.study.key} series {job.s + 1} instance "
-                    f"{job.i + 1} (SOP {job.sop_uid}) failed: {exc}"
+                    f"{name}: upload of {job.study.key} {what} (SOP {job.sop_uid}) failed: {exc}"
                 ) from exc
         return len(data)
 
-    size_of: dict[tuple[str, int, int], int] = {}
+    size_of: dict[str, int] = {}  # by SOP Instance UID
     for job, size in zip(jobs, run_pool(jobs, work, threads, fail_fast=True), strict=True):
         if isinstance(size, BaseException):  # cannot happen with fail_fast
             raise size
-        size_of[(job.study.key, job.s, job.i)] = size
+        size_of[job.sop_uid] = size
     entries: list[Json] = []
+    key_objects: list[Json] = []
     for study in studies:
         series_out: list[Json] = []
         total = 0
         for s, series in enumerate(study.series):
             sops = [Job(seed, study, s, i).sop_uid for i in range(series.count)]
-            total += sum(size_of[(study.key, s, i)] for i in range(series.count))
+            total += sum(size_of[sop] for sop in sops)
             entry: Json = {
                 "uid": Job(seed, study, s, 0).series_uid,
                 "number": s + 1,
@@ -1043,6 +1234,38 @@ def generate_set(
             if series.laterality:
                 entry["laterality"] = series.laterality
             series_out.append(entry)
+        for k, kos in enumerate(study.key_objects):
+            kos_job = KosJob(seed, study, k)
+            total += size_of[kos_job.sop_uid]
+            series_out.append(
+                {
+                    "uid": kos_job.series_uid,
+                    "number": kos.series_number,
+                    "modality": "KO",
+                    "description": kos.series_description,
+                    "sop_class_uid": KOS_STORAGE,
+                    "instances": [kos_job.sop_uid],
+                }
+            )
+            key_objects.append(
+                {
+                    "patient_id": study.patient.id,
+                    "study": kos_job.study_uid,
+                    "series": kos_job.series_uid,
+                    "sop": kos_job.sop_uid,
+                    "sop_class_uid": KOS_STORAGE,
+                    "title": [kos.title.value, kos.title.scheme, kos.title.meaning],
+                    "description": kos.description,
+                    "content_date": kos_job.created.strftime("%Y%m%d"),
+                    "content_time": kos_job.created.strftime("%H%M%S"),
+                    "timezone": kos.timezone,
+                    "references": {
+                        series_uid: [j.sop_uid for j in jobs]
+                        for series_uid, jobs in kos_job.by_series().items()
+                    },
+                    "frames": {j.sop_uid: list(f) for j, f in kos_job.referenced() if f},
+                }
+            )
         entries.append(
             {
                 "patient_id": study.patient.id,
@@ -1060,9 +1283,9 @@ def generate_set(
                 "referring_physician": study.referring,
                 "procedure_code": [study.procedure.value, study.procedure.scheme],
                 "reason_code": [study.reason.value, study.reason.scheme],
-                "modalities": sorted({s.modality for s in study.series}),
+                "modalities": sorted({s["modality"] for s in series_out}),
                 "series": series_out,
-                "instances": sum(s.count for s in study.series),
+                "instances": sum(len(s["instances"]) for s in series_out),
                 "bytes": total,
             }
         )
@@ -1072,6 +1295,7 @@ def generate_set(
         "studies": entries,
         "instances": len(jobs),
         "bytes": sum(e["bytes"] for e in entries),
+        "kos": key_objects,  # Key Object Selection documents (also in their study's series)
     }
 
 
@@ -1182,7 +1406,7 @@ def _with_uids(data: bytes, uids: dict[str, str]) -> bytes:
     for keyword, value in uids.items():
         setattr(ds, keyword, value)
     if "SOPInstanceUID" in uids:
-        ds.file_meta.MediaStorageSOPInstanceUID = uids["SOPInstanceUID"]
+        ds.file_meta.MediaStorageSOPInstanceUID = UID(uids["SOPInstanceUID"])
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=False)
     return out.getvalue()

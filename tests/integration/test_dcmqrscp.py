@@ -164,7 +164,7 @@ _NOT_INDEXED = (
 # the key, so it answers every instance with a Warning saying so (see the test below).
 _XFAIL = {
     "sop-class": _NOT_INDEXED.format(
-        key="SOPClassUID", level="IMAGE", value="<MR Image Storage>", n=275, what="instances"
+        key="SOPClassUID", level="IMAGE", value="<MR Image Storage>", n=277, what="instances"
     ),
 }
 _STUDY = {
@@ -189,6 +189,7 @@ _STUDY = {
     "universal-empty",
     "modalities-in-study",
     "modality-on-studies",
+    "modalities-in-study-ko",
 }
 _IN_STUDY = {
     "series-in-study",
@@ -201,7 +202,15 @@ _IN_STUDY = {
 # Searches not scoped by a study. The gateway keeps the unique keys of the levels above in the
 # identifier, universal; dcmqrscp, hierarchical only, accepts that and searches every study
 # (it fails with UnableToProcess only when such a key is absent: "No UID Key found at level 1").
-_CROSS_LEVEL = {"all-series", "modality", "series-uid", "patient-on-series", "sop-class", "sop-uid"}
+_CROSS_LEVEL = {
+    "all-series",
+    "modality",
+    "modality-ko",
+    "series-uid",
+    "patient-on-series",
+    "sop-class",
+    "sop-uid",
+}
 CASES = [
     pytest.param(
         *c,

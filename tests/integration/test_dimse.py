@@ -155,6 +155,32 @@ def test_unknown_and_misplaced_uids_are_404(
         assert response.json()["error"] == "not-found"
 
 
+@pytest.mark.parametrize("site", ["get-nocache", "move-nocache"])
+def test_key_object_documents_are_retrieved(
+    dimse_gateway: DimseGateway, pacs: Pacs, site: str
+) -> None:
+    """A Key Object Selection document (no pixel data, a storage class of its own): alone, its
+    series and the instance retrieved from the PACS (contexts planned from an IMAGE-level
+    C-FIND that names only that class), as stored; with its study, every instance of it."""
+    core = pacs.manifest["core"]
+    assert core["kos"], "the core set has Key Object Selection documents"
+    for kos in core["kos"]:
+        base = f"{dimse_gateway.root(site)}/studies/{kos['study']}/series/{kos['series']}"
+        web = f"{dimse_gateway.root('web')}/studies/{kos['study']}/series/{kos['series']}"
+        before = _stats(dimse_gateway, site)["retrieves"]
+        for path in ("", f"/instances/{kos['sop']}"):
+            got = _instances_by_sop(base + path, AS_STORED)
+            assert set(got) == {kos["sop"]}, path
+            theirs = _instances_by_sop(web + path, AS_STORED)[kos["sop"]]
+            assert _after_meta(got[kos["sop"]][1]) == _after_meta(theirs[1])
+            assert got[kos["sop"]][0]["content-type"] == theirs[0]["content-type"]
+        assert _stats(dimse_gateway, site)["retrieves"] > before  # from the PACS, not a cache
+        study = next(s for s in core["studies"] if s["study_uid"] == kos["study"])
+        whole = _instances_by_sop(f"{dimse_gateway.root(site)}/studies/{kos['study']}", AS_STORED)
+        assert set(whole) == {sop for series in study["series"] for sop in series["instances"]}
+        assert kos["sop"] in whole
+
+
 def _normalised_metadata(datasets: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {d["00080018"]["Value"][0]: _values(d) for d in datasets}
 

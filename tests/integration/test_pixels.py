@@ -19,7 +19,7 @@ from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import pixel_array
 
 from ncpeh_dicomweb.imaging.render import parse_render_params, render
-from tests.conftest import DimseGateway, Loaded
+from tests.conftest import DimseGateway, Loaded, Pacs
 from tests.integration.multipart_split import split_multipart
 
 pytestmark = pytest.mark.integration
@@ -245,3 +245,31 @@ def test_dicomweb_site_passes_the_pacs_frames_through(
     assert headers["content-type"].startswith("application/octet-stream; transfer-syntax=")
     assert body == pixel_array(j2k.path, index=0).tobytes()
     assert requests.get(stats, timeout=10).json()["sites"]["web"]["instance_fetches"] == before + 1
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_key_object_series_is_not_rendered(
+    pacs: Pacs, dimse_gateway: DimseGateway, site: str
+) -> None:
+    """A study holding a Key Object Selection document (no pixel data) still renders: its
+    images stand for it; the KO series, the document and its "frames" are 406, not a 5xx."""
+    kos = pacs.manifest["core"]["kos"]
+    assert kos
+    for k in kos:
+        study = f"{dimse_gateway.root(site)}/studies/{k['study']}"
+        for resource in ("rendered", "thumbnail"):
+            answer = requests.get(
+                f"{study}/{resource}", headers={"Accept": "image/jpeg"}, timeout=60
+            )
+            assert answer.status_code == 200, (resource, answer.text[:300])
+            assert Image.open(io.BytesIO(answer.content)).format == "JPEG"
+            series = f"{study}/series/{k['series']}"
+            for url in (series, f"{series}/instances/{k['sop']}"):
+                refused = requests.get(
+                    f"{url}/{resource}", headers={"Accept": "image/jpeg"}, timeout=60
+                )
+                assert refused.status_code == 406, (url, resource, refused.text[:300])
+                assert refused.json()["error"] == "not-acceptable"
+        frames = f"{study}/series/{k['series']}/instances/{k['sop']}/frames/1"
+        refused = requests.get(frames, headers={"Accept": OHIF_FRAMES}, timeout=60)
+        assert refused.status_code == 406, refused.text[:300]

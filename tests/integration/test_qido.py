@@ -15,6 +15,7 @@ from tests.integration.util import as_seen_through, gateway_root, pacs_json, uid
 pytestmark = pytest.mark.integration
 
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
+KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"  # Key Object Selection Document Storage
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,12 @@ STUDY_CASES: list[Case] = [
         lambda s: {"search_filters": {"Modality": "MR"}},
         lambda s: "ModalitiesInStudy=MR",
     ),
+    (  # the studies holding a Key Object Selection document (a series of its own)
+        "modalities-in-study-ko",
+        "studies",
+        lambda s: {"search_filters": {"ModalitiesInStudy": "KO"}},
+        lambda s: "ModalitiesInStudy=KO",
+    ),
     (
         "includefield-keyword",
         "studies",
@@ -246,6 +253,12 @@ SERIES_CASES: list[Case] = [
         lambda s: "Modality=MR",
     ),
     (
+        "modality-ko",
+        "series",
+        lambda s: {"search_filters": {"Modality": "KO"}},
+        lambda s: "Modality=KO",
+    ),
+    (
         "series-uid",
         "series",
         lambda s: {"search_filters": {"SeriesInstanceUID": s.series_uid}},
@@ -278,6 +291,12 @@ INSTANCE_CASES: list[Case] = [
         "instances",
         lambda s: {"search_filters": {"SOPClassUID": s.sop_class}},
         lambda s: f"SOPClassUID={s.sop_class}",
+    ),
+    (
+        "sop-class-ko",
+        "instances",
+        lambda s: {"search_filters": {"SOPClassUID": KOS_CLASS}},
+        lambda s: f"SOPClassUID={KOS_CLASS}",
     ),
     (
         "sop-uid",
@@ -449,3 +468,43 @@ def test_relational_key_with_space(client: DICOMwebClient, pacs: Pacs, sample: S
         search_filters={"SeriesDescription": described[0]["0008103E"]["Value"][0]}
     )
     assert sample.study_uid in uids(found, STUDY_UID)
+
+
+def test_counts_and_modalities_of_the_core_studies(client: DICOMwebClient, pacs: Pacs) -> None:
+    """Every core study as the manifest has it: its series (Key Object Selection documents in
+    a series of their own, Modality KO, included), instances and modalities."""
+    core = {s["study_uid"]: s for s in pacs.manifest["core"]["studies"]}
+    found = client.search_for_studies(
+        fields=["NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "ModalitiesInStudy"]
+    )
+    got = {
+        _value(s, STUDY_UID): (
+            int(_value(s, "00201206")),
+            int(_value(s, "00201208")),
+            sorted(s["00080061"]["Value"]),
+        )
+        for s in found
+        if _value(s, STUDY_UID) in core
+    }
+    assert got == {
+        uid: (len(s["series"]), s["instances"], s["modalities"]) for uid, s in core.items()
+    }
+
+
+def test_key_object_documents_are_found(client: DICOMwebClient, pacs: Pacs) -> None:
+    """The core set's Key Object Selection documents, at every level, as the manifest says."""
+    kos = pacs.manifest["core"]["kos"]
+    assert len({k["study"] for k in kos}) >= 2
+    core = {s["study_uid"] for s in pacs.manifest["core"]["studies"]}
+    studies = client.search_for_studies(search_filters={"ModalitiesInStudy": "KO"})
+    assert {u for u in uids(studies, STUDY_UID) if u in core} == {k["study"] for k in kos}
+    series = client.search_for_series(search_filters={"Modality": "KO"})
+    mine = [s for s in series if _value(s, STUDY_UID) in core]
+    assert sorted(uids(mine, SERIES_UID)) == sorted(k["series"] for k in kos)
+    assert all(int(_value(s, "00201209")) == 1 for s in mine)  # one document per series
+    instances = client.search_for_instances(search_filters={"SOPClassUID": KOS_CLASS})
+    mine = [i for i in instances if _value(i, STUDY_UID) in core]
+    assert sorted(uids(mine, SOP_UID)) == sorted(k["sop"] for k in kos)
+    for k in kos:
+        listed = client.search_for_series(study_instance_uid=k["study"])
+        assert set(k["references"]) < set(uids(listed, SERIES_UID))  # images of the study

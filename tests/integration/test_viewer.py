@@ -220,15 +220,19 @@ class Sample:
 
 
 def _core_samples(pacs: Pacs) -> tuple[list[Sample], str]:
-    """A CT study of several series and an MR study; a patient's family name to filter by."""
+    """A CT study of several series, an MR study, and a study whose images come with a Key
+    Object Selection document (a KO series, nothing to draw); a patient's family name to
+    filter by."""
     studies = pacs.manifest.get("core", {}).get("studies", [])
     ct = next((s for s in studies if s["modalities"] == ["CT"] and len(s["series"]) > 1), None)
     mr = next((s for s in studies if s["modalities"] == ["MR"]), None)
-    if ct is None or mr is None:
+    ko = next((s for s in studies if "KO" in s["modalities"] and len(s["modalities"]) > 1), None)
+    if ct is None or mr is None or ko is None:
         pytest.fail("the PACS has no `core` sample set (scripts/sample_data.py --set core)")
     # The CT's patient, Müller^Jürgen: a non-ASCII name, as a person would type it.
     family = ct["patient_name"].split("^")[0]
-    return [Sample("CT", ct["study_uid"]), Sample("MR", mr["study_uid"])], family
+    samples = [Sample("CT", ct["study_uid"]), Sample("MR", mr["study_uid"])]
+    return [*samples, Sample("with-KO", ko["study_uid"])], family
 
 
 def _stored_syntax(pacs: Pacs, sop: str) -> str | None:

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+SERIES_UID, SOP_UID, SOP_CLASS = "0020000E", "00080018", "00080016"
 
 
 def _get(url: str, accept: str | None) -> requests.Response:
@@ -228,3 +229,51 @@ def test_as_stored_parts_name_their_transfer_syntax(
             assert syntax == meta.TransferSyntaxUID
             seen.add(syntax)
     assert len(seen) >= 3  # pydicom's files come in many syntaxes
+
+
+def test_key_object_documents_say_what_the_manifest_says(
+    client: DICOMwebClient, gateway: Gateway, pacs: Pacs
+) -> None:
+    """Each core Key Object Selection document, retrieved and read through the gateway: its
+    title, description and image references (content and evidence) are the manifest's, each
+    reference names an instance of the study, and its metadata is the PACS's."""
+    kos = pacs.manifest["core"]["kos"]
+    assert kos
+    for k in kos:
+        ds = client.retrieve_instance(k["study"], k["series"], k["sop"])
+        assert ds.SOPClassUID == k["sop_class_uid"] and ds.Modality == "KO"
+        assert "PixelData" not in ds
+        title = ds.ConceptNameCodeSequence[0]
+        assert [title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning] == k["title"]
+        texts = [i.TextValue for i in ds.ContentSequence if i.ValueType == "TEXT"]
+        assert texts == ([k["description"]] if k["description"] is not None else [])
+        images = [i.ReferencedSOPSequence[0] for i in ds.ContentSequence if i.ValueType == "IMAGE"]
+        assert [r.ReferencedSOPInstanceUID for r in images] == [
+            sop for sops in k["references"].values() for sop in sops
+        ]
+        assert {
+            r.ReferencedSOPInstanceUID: [int(f) for f in r.get("ReferencedFrameNumber", [])]
+            for r in images
+            if "ReferencedFrameNumber" in r
+        } == k["frames"]
+        (evidence,) = ds.CurrentRequestedProcedureEvidenceSequence
+        assert evidence.StudyInstanceUID == k["study"]
+        assert {
+            s.SeriesInstanceUID: [r.ReferencedSOPInstanceUID for r in s.ReferencedSOPSequence]
+            for s in evidence.ReferencedSeriesSequence
+        } == k["references"]
+        assert (ds.ContentDate, ds.ContentTime, ds.TimezoneOffsetFromUTC) == (
+            k["content_date"],
+            k["content_time"],
+            k["timezone"],
+        )
+        held = {
+            (i[SERIES_UID]["Value"][0], i[SOP_UID]["Value"][0], i[SOP_CLASS]["Value"][0])
+            for i in pacs_json(pacs, f"studies/{k['study']}/instances")
+        }
+        classes = {r.ReferencedSOPInstanceUID: r.ReferencedSOPClassUID for r in images}
+        named = {(se, sop, classes[sop]) for se, sops in k["references"].items() for sop in sops}
+        assert named <= held
+        path = f"studies/{k['study']}/series/{k['series']}/instances/{k['sop']}/metadata"
+        got = requests.get(f"{gateway.dicomweb}/{path}", timeout=60).json()
+        assert got == as_seen_through(gateway.dicomweb, pacs, pacs_json(pacs, path))
