@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
@@ -46,3 +47,15 @@ def test_a_malformed_value_is_left_out_and_the_rest_kept(tmp_path: Path) -> None
     nested = out["0040A730"]["Value"][0]
     assert nested["00081160"] == {"vr": "IS"}
     assert nested["00080100"] == {"vr": "SH", "Value": ["c"]}
+
+
+def test_an_empty_sequence_has_no_value(tmp_path: Path) -> None:
+    """PS3.18 F.2.5, as Orthanc answers it."""
+    path = _write(tmp_path / "empty.dcm", "7 ", "3 ")
+    ds = dcmread(path)
+    ds.ReferencedSeriesSequence = Sequence([])
+    ds.ContentSequence[0].ReferencedSOPSequence = Sequence([])
+    ds.save_as(path, enforce_file_format=True)
+    out = metadata_of(path)
+    assert out["00081115"] == {"vr": "SQ"}
+    assert out["0040A730"]["Value"][0]["00081199"] == {"vr": "SQ"}

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 from pydicom import Dataset
+from pynetdicom.association import Association
 
 from ...config import DimseSite
 from ...dicomweb.attributes import Level
@@ -415,6 +416,7 @@ class DimseBackend:
             "cache_bytes": cache.bytes,
             "cache_evictions": cache.evictions,
             "flights_in_progress": len(self._flights),
+            "association_threads": _association_threads(),
         }
 
     async def close(self) -> None:
@@ -431,6 +433,18 @@ class DimseBackend:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _association_threads() -> int:
+    """Live pynetdicom association threads in the process (every site's; the pooled ones
+    included): one left running after its retrieve ended is a leak. Worker pools are not
+    counted: their idle threads stay by design."""
+    return sum(
+        1
+        for thread in threading.enumerate()
+        if thread.is_alive()
+        and (isinstance(thread, Association) or thread.name.startswith("dimse-abort"))
+    )
 
 
 _MODALITIES_IN_STUDY = 0x00080061

@@ -55,7 +55,20 @@ def stored_syntax(path: Path) -> str:
 
 def metadata_of(path: Path) -> DicomJson:
     """DICOM JSON of a cached instance; large values as placeholder BulkDataURIs (F.2.6)."""
-    return _json_of(pydicom.dcmread(path))
+    return _without_empty_values(_json_of(pydicom.dcmread(path)))
+
+
+def _without_empty_values(dataset: DicomJson) -> DicomJson:
+    """PS3.18 F.2.5: an attribute without a value has no "Value" (pydicom writes an empty
+    sequence as ``"Value": []``). Changes ``dataset`` in place and returns it."""
+    for attribute in dataset.values():
+        value = attribute.get("Value")
+        if value == []:
+            del attribute["Value"]
+        elif attribute.get("vr") == "SQ" and value:
+            for item in value:
+                _without_empty_values(item)
+    return dataset
 
 
 def _as_uri(_: Any) -> str:
