@@ -158,12 +158,16 @@ async def _matching_studies(
 async def _lower(
     site: FhirSite, level: Level, studies: Sequence[DicomJson]
 ) -> dict[str, list[DicomJson]]:
-    """The series or instances of ``studies``, by Study Instance UID (batched UID lists)."""
-    out: dict[str, list[DicomJson]] = {}
-    for params in lower_qido(level, [_uid(s) for s in studies]):
+    """The series or instances of ``studies``, by Study Instance UID (batched UID lists),
+    each study's asked once per request (matching and building both need the series)."""
+    known = site.lowered.setdefault(level.value, {})
+    missing = [uid for uid in dict.fromkeys(_uid(s) for s in studies) if uid not in known]
+    for uid in missing:
+        known[uid] = []
+    for params in lower_qido(level, missing):
         for dataset in await qido(site, params, level):
-            out.setdefault(str(first_value(dataset, _STUDY_UID)), []).append(dataset)
-    return out
+            known.setdefault(str(first_value(dataset, _STUDY_UID)), []).append(dataset)
+    return {_uid(s): known[_uid(s)] for s in studies}
 
 
 async def _with_detail(site: FhirSite, study: DicomJson) -> DicomJson:

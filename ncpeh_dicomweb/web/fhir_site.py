@@ -54,6 +54,8 @@ class FhirSite:
     cache: MetadataCache
     # Studies already completed from an instance's metadata in this request, by UID.
     details: dict[str, DicomJson] = field(default_factory=dict)
+    # Series or instances already read in this request: by level, then Study Instance UID.
+    lowered: dict[str, dict[str, list[DicomJson]]] = field(default_factory=dict)
 
     def resource_id(self, study_uid: str) -> str:
         """The ImagingStudy id of ``study_uid`` on this site."""
