@@ -25,6 +25,7 @@ from .web import (
     viewer,
     wado,
 )
+from .web.auth import auth_middlewares
 from .web.cors import add_cors_headers, cors_middleware
 from .web.keys import ACTIVE_STREAMS, BACKENDS, IMAGING_POOL, METADATA_CACHE, SETTINGS, STORE
 from .web.metadata_cache import MetadataCache
@@ -43,7 +44,10 @@ def create_app(settings: Settings) -> web.Application:
     # aiohttp refuses longer request lines itself, with a bare 400: let ours (414) speak first.
     line = settings.limits.max_query_string + 4096
     app = web.Application(
-        middlewares=[error_middleware, cors_middleware],
+        # Outermost first: errors (renders every refusal in the route's form) → audit (later)
+        # → cors (answers preflights, before any token is asked) → auth (token and scope; off
+        # without a key source).
+        middlewares=[error_middleware, cors_middleware, *auth_middlewares(settings)],
         handler_args={"max_line_size": line, "max_field_size": 16384},
     )
     app[SETTINGS] = settings

@@ -14,10 +14,15 @@ from aiohttp import web
 
 from .app import create_app
 from .config import (
+    AuthSettings,
     ConfigError,
     Settings,
+    check_auth,
     check_database_url,
+    check_exposure,
     check_http_url,
+    check_jwks_file,
+    check_jwks_url,
     check_viewer_dir,
     load_settings,
     parse_dimse_address,
@@ -49,6 +54,18 @@ def _parser() -> argparse.ArgumentParser:
             "--database-url",
             metavar="URL",
             help="keep state in this PostgreSQL database (postgresql://...) instead of SQLite",
+        )
+        p.add_argument(
+            "--jwks",
+            metavar="FILE|URL",
+            help="check client bearer tokens against this JWK Set (file, or http(s) URL)",
+        )
+        p.add_argument("--issuer", metavar="ISS", help="the tokens' issuer (iss)")
+        p.add_argument(
+            "--audience",
+            metavar="AUD",
+            action="append",
+            help="an audience (aud) the tokens must name; repeatable",
         )
         p.add_argument("--log-level", default=os.environ.get("NCPEH_LOG_LEVEL", "INFO"))
     return parser
@@ -95,9 +112,36 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["viewer_dir"] = check_viewer_dir(args.viewer_dir, "--viewer-dir")
     if args.database_url:
         overrides["database_url"] = check_database_url(args.database_url, "--database-url")
+    auth = _auth_flags(args, settings)
+    if auth is not settings.auth:
+        overrides["auth"] = auth
     if overrides:
         settings = replace(settings, **overrides)
     return settings
+
+
+def _auth_flags(args: argparse.Namespace, settings: Settings) -> AuthSettings:
+    """``settings.auth`` with ``--jwks``, ``--issuer`` and ``--audience`` applied (the same
+    object if none is given). ``--jwks`` switches auth on, whatever the file says."""
+    if args.jwks is None and args.issuer is None and args.audience is None:
+        return settings.auth
+    auth = settings.auth
+    if args.jwks is not None:
+        if args.jwks.startswith(("http://", "https://")):
+            url = check_jwks_url(args.jwks, "--jwks")
+            auth = replace(auth, jwks_url=url, jwks_file=None, enabled=True)
+        else:
+            path = check_jwks_file(args.jwks, "--jwks")
+            auth = replace(auth, jwks_file=path, jwks_url=None, enabled=True)
+    if args.issuer is not None:
+        if not args.issuer:
+            raise ConfigError("--issuer: must not be empty")
+        auth = replace(auth, issuer=args.issuer)
+    if args.audience is not None:
+        if not all(args.audience):
+            raise ConfigError("--audience: must not be empty")
+        auth = replace(auth, audience=tuple(args.audience))
+    return check_auth(auth)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,9 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         settings = _settings(args)
+        exposure = check_exposure(settings)  # safe by default: see config.check_exposure
     except ConfigError as exc:
         print(f"ncpeh-dicomweb: configuration error: {exc}", file=sys.stderr)
         return 2
+    if exposure is not None:
+        logging.getLogger(__name__).warning("%s", exposure)
     if settings.public_url is None:
         logging.getLogger(__name__).warning(
             "public_url is not set: URLs in answers follow each request's Host header; "
@@ -121,7 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         sites = ", ".join(f"{s.id} ({s.kind})" for s in settings.sites)
         viewer = f"; viewer at /viewer/ from {settings.viewer_dir}" if settings.viewer_dir else ""
-        print(f"configuration OK: sites {sites}; default {settings.default_site}{viewer}")
+        auth = settings.auth
+        tokens = f"bearer tokens from {auth.key_source}" if auth.active else "OFF"
+        print(
+            f"configuration OK: sites {sites}; default {settings.default_site}{viewer}; "
+            f"auth {tokens}"
+        )
         return 0
     try:
         web.run_app(

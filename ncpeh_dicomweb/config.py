@@ -18,6 +18,11 @@ Example::
     [viewer]
     dir = "/srv/ohif/dist"   # optional: serve the OHIF viewer (scripts/ohif.sh) at /viewer/
 
+    [auth]   # bearer tokens of clients; without a key source: loopback only, unauthenticated
+    jwks_url = "https://idp.example.org/.well-known/jwks.json"   # or jwks_file = "..."
+    issuer = "https://idp.example.org"
+    audience = "https://ncp.example.org/imaging"                 # or a list
+
     [state]
     sqlite = "var/ncpeh-state.sqlite3"   # the default store: one SQLite file
     # or PostgreSQL, shared by replicas (NCPEH_DATABASE_URL overrides; it may hold a password):
@@ -48,15 +53,26 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from .security.jwks import MAX_BYTES, JwksError, parse_jwks
+from .security.scopes import CONFIGURABLE, DEFAULT_SCOPES, Interaction, is_scope_token
+from .security.tokens import DEFAULT_ALGORITHMS, SUPPORTED_ALGORITHMS
+
 __all__ = [
+    "AuthSettings",
     "ConfigError",
     "DicomWebSite",
     "DimseSite",
     "Limits",
     "Settings",
+    "auth_from_mapping",
+    "check_auth",
     "check_database_url",
+    "check_exposure",
     "check_http_url",
+    "check_jwks_file",
+    "check_jwks_url",
     "check_viewer_dir",
+    "is_loopback",
     "load_settings",
     "parse_dimse_address",
     "settings_from_mapping",
@@ -121,6 +137,38 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Bearer-token authentication of clients (``[auth]``); see ``security/``."""
+
+    enabled: bool | None = None  # None: on exactly when a key source is configured
+    jwks_file: str | None = None  # the IdP's JWK Set, from a file...
+    jwks_url: str | None = None  # ...or fetched from its URL
+    issuer: str | None = None  # the "iss" every token must carry
+    audience: tuple[str, ...] = ()  # "aud" must hold one of these
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    leeway_seconds: float = 60.0  # clock skew allowed on exp / nbf / iat
+    dicomweb_scope: str = DEFAULT_SCOPES[Interaction.DICOMWEB]  # every DICOMweb route
+    # (interaction, scope) pairs overriding security.scopes.DEFAULT_SCOPES (FHIR interactions)
+    scopes: tuple[tuple[str, str], ...] = ()
+    jwks_min_refresh_seconds: float = 30.0  # at most one JWK Set fetch per this many seconds
+
+    @property
+    def key_source(self) -> str | None:
+        return self.jwks_file or self.jwks_url
+
+    @property
+    def active(self) -> bool:
+        """True if every non-public request needs a valid token."""
+        return self.enabled if self.enabled is not None else self.key_source is not None
+
+    def required_scope(self, interaction: Interaction) -> str | None:
+        """The scope a token needs for ``interaction``; None: none (public, or any token)."""
+        if interaction is Interaction.DICOMWEB:
+            return self.dicomweb_scope
+        return dict(self.scopes).get(interaction.value) or DEFAULT_SCOPES.get(interaction)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     sites: tuple[Site, ...]
     default_site: str
@@ -139,6 +187,7 @@ class Settings:
     database_url: str | None = field(default=None, repr=False)
     # FHIR identifier system of patient identifiers → DICOM Issuer of Patient ID, both ways.
     patient_id_issuers: tuple[tuple[str, str], ...] = ()
+    auth: AuthSettings = AuthSettings()
 
     def site(self, site_id: str) -> Site | None:
         return next((s for s in self.sites if s.id == site_id), None)
@@ -162,9 +211,20 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
     """Build :class:`Settings` from parsed TOML (or flags), validating every key."""
     _no_unknown(
         raw,
-        {"public_url", "default_site", "server", "limits", "sites", "viewer", "state", "fhir"},
+        {
+            "public_url",
+            "default_site",
+            "server",
+            "limits",
+            "sites",
+            "viewer",
+            "state",
+            "fhir",
+            "auth",
+        },
         "",
     )
+    auth = auth_from_mapping(_table(raw, "auth"))
     state = _table(raw, "state")
     _no_unknown(state, {"sqlite", "database_url"}, "state.")
     database_url = _opt_str(state, "database_url", "state.")
@@ -221,6 +281,157 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
         if database_url is None
         else check_database_url(database_url, database_url_key),
         patient_id_issuers=tuple(sorted(issuers.items())),
+        auth=auth,
+    )
+
+
+# ---------------------------------------------------------------- [auth]
+
+_AUTH_KEYS = {
+    "enabled",
+    "jwks_file",
+    "jwks_url",
+    "issuer",
+    "audience",
+    "algorithms",
+    "leeway_seconds",
+    "dicomweb_scope",
+    "scopes",
+    "jwks_min_refresh_seconds",
+}
+_SCOPE_KEYS = {i.value for i in CONFIGURABLE if i is not Interaction.DICOMWEB}
+
+
+def auth_from_mapping(raw: Mapping[str, Any]) -> AuthSettings:
+    """``[auth]`` → :class:`AuthSettings`, every key checked (and :func:`check_auth`)."""
+    where = "auth."
+    _no_unknown(raw, _AUTH_KEYS, where)
+    enabled = raw.get("enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise ConfigError(f"{where}enabled: must be true or false, not {enabled!r}")
+    jwks_file = _opt_str(raw, "jwks_file", where)
+    jwks_url = _opt_str(raw, "jwks_url", where)
+    audience = raw.get("audience", [])
+    if isinstance(audience, str):
+        audience = [audience]
+    if not isinstance(audience, list) or not all(isinstance(a, str) and a for a in audience):
+        raise ConfigError(f"{where}audience: must be a string or a list of strings")
+    algorithms = raw.get("algorithms", list(DEFAULT_ALGORITHMS))
+    if not isinstance(algorithms, list) or not algorithms:
+        raise ConfigError(f"{where}algorithms: must be a non-empty list")
+    for alg in algorithms:
+        if alg not in SUPPORTED_ALGORITHMS:
+            raise ConfigError(
+                f"{where}algorithms: {alg!r} is not allowed (asymmetric signatures only: "
+                f"{', '.join(SUPPORTED_ALGORITHMS)})"
+            )
+    scopes = _table(raw, "scopes") if "scopes" in raw else {}
+    _no_unknown(scopes, _SCOPE_KEYS, where + "scopes.")
+    for key, value in scopes.items():
+        _scope(value, f"{where}scopes.{key}")
+    dicomweb_scope = raw.get("dicomweb_scope", DEFAULT_SCOPES[Interaction.DICOMWEB])
+    auth = AuthSettings(
+        enabled=enabled,
+        jwks_file=None if jwks_file is None else check_jwks_file(jwks_file, where + "jwks_file"),
+        jwks_url=None if jwks_url is None else check_jwks_url(jwks_url, where + "jwks_url"),
+        issuer=_opt_str(raw, "issuer", where),
+        audience=tuple(audience),
+        algorithms=tuple(dict.fromkeys(algorithms)),
+        leeway_seconds=_number(raw, "leeway_seconds", where, 60.0, 0, 600),
+        dicomweb_scope=_scope(dicomweb_scope, where + "dicomweb_scope"),
+        scopes=tuple(sorted(scopes.items())),
+        jwks_min_refresh_seconds=_number(raw, "jwks_min_refresh_seconds", where, 30.0, 0.01, 3600),
+    )
+    return check_auth(auth)
+
+
+def check_auth(auth: AuthSettings) -> AuthSettings:
+    """``auth`` if its settings fit together (one key source; with it an issuer and an
+    audience), else ConfigError; also after command-line flags changed it."""
+    if auth.jwks_file and auth.jwks_url:
+        raise ConfigError("auth.jwks_url: give auth.jwks_file or auth.jwks_url, not both")
+    if auth.enabled and auth.key_source is None:
+        raise ConfigError(
+            "auth.enabled: true needs a key source: auth.jwks_file or auth.jwks_url (or --jwks)"
+        )
+    if auth.active:
+        if not auth.issuer:
+            raise ConfigError("auth.issuer: required with a key source (or --issuer)")
+        if not auth.audience:
+            raise ConfigError("auth.audience: required with a key source (or --audience)")
+    return auth
+
+
+def _scope(value: object, key: str) -> str:
+    if not isinstance(value, str) or not is_scope_token(value):
+        raise ConfigError(f"{key}: must be one scope (printable, no space, quote or backslash)")
+    return value
+
+
+def check_jwks_file(value: str, key: str) -> str:
+    """``value`` as an absolute path if it is a JWK Set with a usable key, else ConfigError
+    naming ``key`` (the file is read again whenever the keys are refreshed)."""
+    path = Path(value).expanduser().resolve()
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise JwksError(f"larger than {MAX_BYTES} bytes")
+        keys, skipped = parse_jwks(data)
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {value!r} ({exc.strerror})") from None
+    except JwksError as exc:
+        raise ConfigError(f"{key}: {value!r}: {exc}") from None
+    if not keys.keys:
+        why = f" ({skipped[0]})" if skipped else ""
+        raise ConfigError(f"{key}: {value!r} holds no usable signature key{why}")
+    return str(path)
+
+
+def check_jwks_url(value: str, key: str) -> str:
+    """``value`` if an http(s) URL (kept as written: a JWK Set URL may end with a slash)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+        raise ConfigError(f"{key}: must be an http(s) URL, not {value!r}")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    """True if ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name (or "" = every interface): not known to be loopback
+
+
+def check_exposure(settings: Settings) -> str | None:
+    """The start-up rule, safe by default: with no token key source the gateway serves only
+    on a loopback address, unauthenticated; elsewhere it refuses to start (ConfigError) unless
+    ``[auth] enabled = false`` says so. The warning to log loudly, or None if auth is on."""
+    auth = settings.auth
+    if auth.active:
+        if auth.jwks_url and urlsplit(auth.jwks_url).scheme == "http":
+            host = urlsplit(auth.jwks_url).hostname or ""
+            if not is_loopback(host):
+                return f"auth.jwks_url is plain http: anyone on the path to {host} can forge keys"
+        return None
+    where = f"{settings.host}:{settings.port}"
+    if auth.enabled is False:
+        return (
+            f"AUTHENTICATION IS SWITCHED OFF ([auth] enabled = false): anyone who reaches "
+            f"{where} reads every patient's images"
+        )
+    if not is_loopback(settings.host):
+        raise ConfigError(
+            f"server.host: {settings.host!r} is not a loopback address and no token key source "
+            "is configured: set [auth] jwks_url or jwks_file with issuer and audience (or --jwks "
+            "--issuer --audience), or [auth] enabled = false to serve without authentication"
+        )
+    return (
+        f"NO AUTHENTICATION: no token key source is configured ([auth] jwks_url / jwks_file, or "
+        f"--jwks), so the gateway serves {where} on loopback only, to anyone on this machine"
     )
 
 
@@ -380,6 +591,15 @@ def _int(raw: Mapping[str, Any], key: str, where: str, default: int, lo: int, hi
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ConfigError(f"{where}{key}: must be an integer in [{lo}, {hi}], not {value!r}")
     return value
+
+
+def _number(
+    raw: Mapping[str, Any], key: str, where: str, default: float, lo: float, hi: float
+) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise ConfigError(f"{where}{key}: must be a number in [{lo:g}, {hi:g}], not {value!r}")
+    return float(value)
 
 
 def _float(raw: Mapping[str, Any], key: str, where: str, default: float) -> float:

@@ -11,6 +11,7 @@ from ..backends.base import Backend
 from ..config import Settings
 from ..errors import NotFound
 from ..imaging.pool import ImagingPool
+from ..security.tokens import Principal
 from ..state import Store
 from .forwarded import forwarded_origin, is_trusted
 from .metadata_cache import MetadataCache
@@ -20,6 +21,7 @@ __all__ = [
     "BACKENDS",
     "IMAGING_POOL",
     "METADATA_CACHE",
+    "PRINCIPAL",
     "SETTINGS",
     "STORE",
     "SiteContext",
@@ -37,6 +39,8 @@ STORE = web.AppKey("store", Store)
 # Requests whose streamed answer is under way: cut on shutdown, so a client that stopped
 # reading cannot hold the process.
 ACTIVE_STREAMS: web.AppKey[set[asyncio.BaseTransport]] = web.AppKey("active_streams")
+# Per request: who the bearer token speaks for (set by web/auth.py when auth is on).
+PRINCIPAL = web.RequestKey("ncpeh.principal", Principal)
 
 
 def accept_of(request: web.Request) -> str | None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -8,10 +9,14 @@ import pytest
 from ncpeh_dicomweb.cli import main
 from ncpeh_dicomweb.config import (
     ConfigError,
+    check_exposure,
+    is_loopback,
     load_settings,
     parse_dimse_address,
     settings_from_mapping,
 )
+from ncpeh_dicomweb.security.scopes import Interaction
+from tests.unit.test_security_tokens import ec_key, jwks_document
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -176,3 +181,189 @@ def test_database_url_flag(
     assert main([*base, "--database-url", "mysql://gw:s3cret@db/ncpeh"]) == 2
     err = capsys.readouterr().err
     assert "--database-url: must be a URL such as postgresql://" in err and "s3cret" not in err
+
+
+# ---------------------------------------------------------------- [auth] and the start-up rule
+
+ISSUER, AUDIENCE = "https://idp.example.org", "https://ncp.example.org/imaging"
+JWKS_URL = "https://idp.example.org/jwks.json"
+
+
+def _auth(**auth: Any) -> dict[str, Any]:
+    return {"sites": [_site()], "auth": auth}
+
+
+@pytest.fixture
+def jwks_file(tmp_path: Path) -> Path:
+    path = tmp_path / "jwks.json"
+    path.write_bytes(jwks_document(ec_key("k1")))
+    return path
+
+
+def test_auth_is_off_without_a_key_source() -> None:
+    auth = settings_from_mapping({"sites": [_site()]}, {}).auth
+    assert (auth.active, auth.enabled, auth.key_source) == (False, None, None)
+    assert auth.algorithms == ("RS256", "PS256", "ES256", "EdDSA")
+    assert (auth.leeway_seconds, auth.jwks_min_refresh_seconds) == (60.0, 30.0)
+
+
+def test_auth_with_a_key_source(jwks_file: Path) -> None:
+    auth = settings_from_mapping(
+        _auth(jwks_url=JWKS_URL, issuer=ISSUER, audience=AUDIENCE), {}
+    ).auth
+    assert auth.active and auth.jwks_url == JWKS_URL and auth.audience == (AUDIENCE,)
+    auth = settings_from_mapping(
+        _auth(
+            jwks_file=str(jwks_file),
+            issuer=ISSUER,
+            audience=[AUDIENCE, "other"],
+            algorithms=["ES256"],
+            leeway_seconds=5,
+            jwks_min_refresh_seconds=0.5,
+        ),
+        {},
+    ).auth
+    assert auth.active and auth.jwks_file == str(jwks_file.resolve())
+    assert auth.audience == (AUDIENCE, "other") and auth.algorithms == ("ES256",)
+    assert (auth.leeway_seconds, auth.jwks_min_refresh_seconds) == (5.0, 0.5)
+    off = _auth(enabled=False, jwks_url=JWKS_URL, issuer=ISSUER, audience=AUDIENCE)
+    assert not settings_from_mapping(off, {}).auth.active
+
+
+def test_required_scopes_default_and_configured() -> None:
+    auth = settings_from_mapping({"sites": [_site()]}, {}).auth
+    assert auth.required_scope(Interaction.DICOMWEB) == "system/ImagingStudy.rs"
+    assert auth.required_scope(Interaction.IMAGING_STUDY_READ) == "system/ImagingStudy.rs"
+    assert auth.required_scope(Interaction.PATIENT_READ) == "system/Patient.r"
+    assert auth.required_scope(Interaction.IMAGING_SELECTION_CREATE) == (
+        "system/ImagingSelection.c"
+    )
+    assert auth.required_scope(Interaction.PUBLIC) is None
+    assert auth.required_scope(Interaction.AUTHENTICATED) is None
+    raw = _auth(
+        dicomweb_scope="dicomweb/read",
+        scopes={"imaging_study_search": "user/ImagingStudy.rs", "endpoint_read": "x/y"},
+    )
+    auth = settings_from_mapping(raw, {}).auth
+    assert auth.required_scope(Interaction.DICOMWEB) == "dicomweb/read"
+    assert auth.required_scope(Interaction.IMAGING_STUDY_SEARCH) == "user/ImagingStudy.rs"
+    assert auth.required_scope(Interaction.IMAGING_STUDY_READ) == "system/ImagingStudy.rs"
+    assert auth.required_scope(Interaction.ENDPOINT_READ) == "x/y"
+
+
+@pytest.mark.parametrize(
+    ("auth", "names"),
+    [
+        ({"enabled": True}, "auth.enabled"),
+        ({"enabled": "yes"}, "auth.enabled"),
+        ({"jwks_url": JWKS_URL, "audience": AUDIENCE}, "auth.issuer"),
+        ({"jwks_url": JWKS_URL, "issuer": ISSUER}, "auth.audience"),
+        ({"jwks_url": JWKS_URL, "issuer": ISSUER, "audience": []}, "auth.audience"),
+        ({"jwks_url": JWKS_URL, "issuer": ISSUER, "audience": [""]}, "auth.audience"),
+        ({"jwks_url": "ftp://idp/jwks", "issuer": ISSUER, "audience": AUDIENCE}, "auth.jwks_url"),
+        ({"jwks_file": "/nonexistent/jwks.json"}, "auth.jwks_file"),
+        ({"algorithms": ["HS256"]}, "auth.algorithms: 'HS256' is not allowed"),
+        ({"algorithms": ["none"]}, "auth.algorithms: 'none' is not allowed"),
+        ({"algorithms": []}, "auth.algorithms"),
+        ({"algorithms": "RS256"}, "auth.algorithms"),
+        ({"leeway_seconds": -1}, "auth.leeway_seconds"),
+        ({"leeway_seconds": 3600}, "auth.leeway_seconds"),
+        ({"jwks_min_refresh_seconds": 0}, "auth.jwks_min_refresh_seconds"),
+        ({"dicomweb_scope": "two words"}, "auth.dicomweb_scope"),
+        ({"dicomweb_scope": ""}, "auth.dicomweb_scope"),
+        ({"scopes": {"imaging_study_read": 'a"b'}}, "auth.scopes.imaging_study_read"),
+        ({"scopes": {"dicomweb": "x"}}, "auth.scopes.dicomweb"),
+        ({"scopes": {"teleport": "x"}}, "auth.scopes.teleport"),
+        ({"scopes": "x"}, "scopes"),
+        ({"realm": "x"}, "auth.realm"),
+    ],
+)
+def test_bad_auth_values_name_the_key(auth: dict[str, Any], names: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(names)):
+        settings_from_mapping(_auth(**auth), {})
+
+
+def test_both_key_sources_and_a_file_without_keys(jwks_file: Path, tmp_path: Path) -> None:
+    both = _auth(jwks_file=str(jwks_file), jwks_url=JWKS_URL, issuer=ISSUER, audience=AUDIENCE)
+    with pytest.raises(ConfigError, match="not both"):
+        settings_from_mapping(both, {})
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}')
+    with pytest.raises(ConfigError, match=r"auth.jwks_file: .* no usable signature key"):
+        settings_from_mapping(_auth(jwks_file=str(empty)), {})
+    empty.write_text("not json")
+    with pytest.raises(ConfigError, match=r"auth.jwks_file: .*not JSON"):
+        settings_from_mapping(_auth(jwks_file=str(empty)), {})
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("10.0.0.5", False),
+        ("gateway.example.org", False),
+        ("localhost.example.org", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_exposure_rule(jwks_file: Path) -> None:
+    def settings(host: str, **auth: Any) -> Any:
+        return settings_from_mapping({**_auth(**auth), "server": {"host": host}}, {})
+
+    warning = check_exposure(settings("127.0.0.1"))
+    assert warning is not None and "NO AUTHENTICATION" in warning and "loopback only" in warning
+    with pytest.raises(ConfigError, match=r"server.host: '0.0.0.0' is not a loopback address"):
+        check_exposure(settings("0.0.0.0"))
+    off = check_exposure(settings("0.0.0.0", enabled=False))
+    assert off is not None and "SWITCHED OFF" in off
+    keys = {"jwks_file": str(jwks_file), "issuer": ISSUER, "audience": AUDIENCE}
+    assert check_exposure(settings("0.0.0.0", **keys)) is None
+    plain = {"jwks_url": "http://idp.example.org/jwks", "issuer": ISSUER, "audience": AUDIENCE}
+    warning = check_exposure(settings("0.0.0.0", **plain))
+    assert warning is not None and "plain http" in warning
+    plain["jwks_url"] = "http://127.0.0.1:9999/jwks"
+    assert check_exposure(settings("0.0.0.0", **plain)) is None
+
+
+def test_cli_refuses_a_public_address_without_keys(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, jwks_file: Path
+) -> None:
+    monkeypatch.delenv("NCPEH_CONFIG", raising=False)
+    base = ["check-config", "--pacs-dicomweb", "http://pacs:8042/dicom-web"]
+    assert main(base) == 0
+    assert "auth OFF" in capsys.readouterr().out
+    assert main([*base, "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "configuration error: server.host: '0.0.0.0'" in err
+    keys = ["--jwks", str(jwks_file), "--issuer", ISSUER, "--audience", AUDIENCE]
+    assert main([*base, "--host", "0.0.0.0", *keys]) == 0
+    assert f"auth bearer tokens from {jwks_file.resolve()}" in capsys.readouterr().out
+    assert main([*base, "--jwks", JWKS_URL, "--issuer", ISSUER, "--audience", "a"]) == 0
+    assert main([*base, "--jwks", str(jwks_file), "--audience", AUDIENCE]) == 2
+    assert "auth.issuer: required" in capsys.readouterr().err
+    assert main([*base, "--jwks", "/nonexistent.json", "--issuer", ISSUER]) == 2
+    assert "--jwks: cannot read" in capsys.readouterr().err
+
+
+def test_cli_flags_override_the_file(tmp_path: Path, jwks_file: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[server]\nhost = "0.0.0.0"\n[auth]\nenabled = false\n'
+        '[[sites]]\nid = "a"\nurl = "http://pacs/dicom-web"\n'
+    )
+    assert main(["check-config", "--config", str(config)]) == 0  # off, explicitly
+    flags = ["--jwks", str(jwks_file), "--issuer", ISSUER, "--audience", AUDIENCE]
+    assert main(["check-config", "--config", str(config), *flags]) == 0
+    config.write_text(config.read_text().replace("enabled = false", ""))
+    assert main(["check-config", "--config", str(config)]) == 2
