@@ -3,7 +3,7 @@
 # --browser: also chromium, the browser the viewer test drives (never one Playwright downloads).
 # postgresql: the server the state store's tests start on loopback (scripts/postgres.sh).
 set -euo pipefail
-want=(orthanc orthanc-dicomweb dcmtk curl postgresql)
+want=(orthanc orthanc-dicomweb dcmtk curl postgresql rsyslog rsyslog-openssl)
 [ "${1:-}" = "--browser" ] && want+=(chromium)
 missing=()
 for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

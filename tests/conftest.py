@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-pytest_plugins = ["tests.pg"]  # postgres_url, fresh_database_url: a real PostgreSQL
+pytest_plugins = ["tests.pg", "tests.rsyslog"]  # a real PostgreSQL, a real rsyslogd (ATNA)
 ROOT = Path(__file__).resolve().parent.parent
 # The FHIR identifier system of the sample Czech patient's issuer (CZ-NCPEH in DICOM).
 CZ_SYSTEM = "urn:oid:1.2.203.24341.1.2"
