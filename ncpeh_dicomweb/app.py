@@ -30,6 +30,7 @@ from .web.cors import add_cors_headers, cors_middleware
 from .web.keys import ACTIVE_STREAMS, BACKENDS, IMAGING_POOL, METADATA_CACHE, SETTINGS, STORE
 from .web.metadata_cache import MetadataCache
 from .web.middleware import error_middleware
+from .web.tls import client_certificate_middlewares
 
 __all__ = ["create_app"]
 
@@ -44,10 +45,16 @@ def create_app(settings: Settings) -> web.Application:
     # aiohttp refuses longer request lines itself, with a bare 400: let ours (414) speak first.
     line = settings.limits.max_query_string + 4096
     app = web.Application(
-        # Outermost first: errors (renders every refusal in the route's form) → audit (later)
-        # → cors (answers preflights, before any token is asked) → auth (token and scope; off
-        # without a key source).
-        middlewares=[error_middleware, cors_middleware, *auth_middlewares(settings)],
+        # Outermost first: errors (renders every refusal in the route's form) → client
+        # certificate (web/tls.py: only when asked; the audit reads it) → audit (later) → cors
+        # (answers preflights, before any token is asked) → auth (token and scope; off without
+        # a key source).
+        middlewares=[
+            error_middleware,
+            *client_certificate_middlewares(settings),
+            cors_middleware,
+            *auth_middlewares(settings),
+        ],
         handler_args={"max_line_size": line, "max_field_size": 16384},
     )
     app[SETTINGS] = settings

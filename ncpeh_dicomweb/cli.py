@@ -30,6 +30,7 @@ from .config import (
 )
 from .state import StoreOpenError
 from .web.middleware import AccessLogger, RedactServerErrors
+from .web.tls import server_context
 
 __all__ = ["main"]
 
@@ -155,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         exposure = check_exposure(settings)  # safe by default: see config.check_exposure
+        # Built for check-config too: OpenSSL has the last word on the files.
+        ssl_context = None if settings.tls is None else server_context(settings.tls)
     except ConfigError as exc:
         print(f"ncpeh-dicomweb: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -165,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "public_url is not set: URLs in answers follow each request's Host header; "
             "set it in production"
         )
+    elif settings.tls is not None and settings.public_url.startswith("http://"):
+        logging.getLogger(__name__).warning(
+            "public_url is http:// but the gateway serves HTTPS: URLs in answers will not work"
+        )
     if args.command == "check-config":
         sites = ", ".join(f"{s.id} ({s.kind})" for s in settings.sites)
         viewer = f"; viewer at /viewer/ from {settings.viewer_dir}" if settings.viewer_dir else ""
@@ -172,14 +179,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokens = f"bearer tokens from {auth.key_source}" if auth.active else "OFF"
         print(
             f"configuration OK: sites {sites}; default {settings.default_site}{viewer}; "
-            f"auth {tokens}"
+            f"auth {tokens}; {_transport(settings)}"
         )
         return 0
+    logging.getLogger(__name__).info("%s", _transport(settings))
     try:
         web.run_app(
             create_app(settings),
             host=settings.host,
             port=settings.port,
+            ssl_context=ssl_context,
             access_log_class=AccessLogger,
             print=lambda text: print(text, flush=True),
             handle_signals=True,
@@ -188,6 +197,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ncpeh-dicomweb: state store: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _transport(settings: Settings) -> str:
+    """How clients connect, in a few words (logged at start, printed by check-config)."""
+    tls = settings.tls
+    if tls is None:
+        return "plain HTTP"
+    if tls.client_cert == "none":
+        return f"HTTPS (TLS {tls.min_version}+), no client certificates"
+    mapped = len(tls.client_identities)
+    return (
+        f"HTTPS (TLS {tls.min_version}+), client certificates {tls.client_cert} "
+        f"(CAs in {tls.client_ca}; {mapped} subject(s) mapped to client ids)"
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,12 @@ Example::
     [server]
     host = "0.0.0.0"
     port = 8080
+    tls_cert = "/etc/ncpeh/server.pem"       # optional: serve HTTPS (PEM certificate chain)
+    tls_key = "/etc/ncpeh/server.key"        # its key (passphrase: NCPEH_TLS_KEY_PASSWORD)
+    tls_client_ca = "/etc/ncpeh/clients-ca.pem"  # optional: verify client certificates
+    tls_client_cert = "required"             # required (default with a CA) | optional | none
+    [server.tls_client_identities]           # optional: RFC 4514 subject = client id
+    "CN=ncp-cz,O=NCPeH CZ,C=CZ" = "ncpeh-cz"
 
     [limits]
     qido_max_results = 1000
@@ -43,6 +49,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -52,6 +59,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.x509.oid import NameOID
 
 from .security.jwks import MAX_BYTES, JwksError, parse_jwks
 from .security.scopes import CONFIGURABLE, DEFAULT_SCOPES, Interaction, is_scope_token
@@ -64,6 +77,7 @@ __all__ = [
     "DimseSite",
     "Limits",
     "Settings",
+    "TlsSettings",
     "auth_from_mapping",
     "check_auth",
     "check_database_url",
@@ -71,11 +85,13 @@ __all__ = [
     "check_http_url",
     "check_jwks_file",
     "check_jwks_url",
+    "check_subject",
     "check_viewer_dir",
     "is_loopback",
     "load_settings",
     "parse_dimse_address",
     "settings_from_mapping",
+    "tls_from_mapping",
 ]
 
 _SITE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -137,6 +153,22 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """HTTPS and client certificates (``[server] tls_*``); the context: ``web/tls.py``."""
+
+    cert_file: str  # PEM: the server's certificate, then its chain
+    key_file: str  # PEM: its private key (may be cert_file itself)
+    key_password: str | None = field(default=None, repr=False)  # NCPEH_TLS_KEY_PASSWORD
+    client_ca: str | None = None  # PEM bundle: the CAs a client certificate must chain to
+    # Ask clients for a certificate: required (no certificate: handshake refused) | optional
+    # (checked if sent) | none. Default: required when client_ca is set, else none.
+    client_cert: Literal["required", "optional", "none"] = "none"
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    # (RFC 4514 subject as check_subject normalizes it, client id): who a certificate is for.
+    client_identities: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSettings:
     """Bearer-token authentication of clients (``[auth]``); see ``security/``."""
 
@@ -151,6 +183,9 @@ class AuthSettings:
     # (interaction, scope) pairs overriding security.scopes.DEFAULT_SCOPES (FHIR interactions)
     scopes: tuple[tuple[str, str], ...] = ()
     jwks_min_refresh_seconds: float = 30.0  # at most one JWK Set fetch per this many seconds
+    # Claims binding a token to one patient (security/patient.py); None: that claim is not read.
+    patient_claim: str | None = "patient"  # a Patient id of ours, or "Patient/{id}"
+    patient_identifier_claim: str | None = None  # "system|value" or {"system", "value"}
 
     @property
     def key_source(self) -> str | None:
@@ -175,6 +210,7 @@ class Settings:
     public_url: str | None = None  # None: derived from each request's Host and scheme
     host: str = "127.0.0.1"
     port: int = 8080
+    tls: TlsSettings | None = None  # HTTPS ([server] tls_*); None: plain HTTP
     limits: Limits = Limits()
     viewer_dir: str | None = None  # OHIF's prebuilt dist/, served at /viewer/; None: no viewer
     # Browser origins allowed to call the gateway (CORS); ("*",) for any; () for none.
@@ -239,7 +275,7 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
     ):
         raise ConfigError("fhir.patient_id_issuers: a table of FHIR system = DICOM issuer")
     server = _table(raw, "server")
-    _no_unknown(server, {"host", "port", "cors_origins", "trusted_proxies"}, "server.")
+    _no_unknown(server, {"host", "port", "cors_origins", "trusted_proxies", *_TLS_KEYS}, "server.")
     limits_raw = _table(raw, "limits")
     _no_unknown(limits_raw, {"qido_max_results", "max_query_string"}, "limits.")
     viewer = _table(raw, "viewer")
@@ -264,6 +300,7 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
         public_url=public_url,
         host=_opt_str(server, "host", "server.") or "127.0.0.1",
         port=_int(server, "port", "server.", 8080, 0, 65535),
+        tls=tls_from_mapping(server, env),
         limits=Limits(
             qido_max_results=_int(limits_raw, "qido_max_results", "limits.", 1000, 1, 100_000),
             max_query_string=_int(limits_raw, "max_query_string", "limits.", 8192, 256, 1 << 20),
@@ -285,6 +322,183 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
     )
 
 
+# ---------------------------------------------------------------- [server] TLS
+
+_TLS_KEYS = {
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "tls_client_cert",
+    "tls_min_version",
+    "tls_client_identities",
+}
+_TLS_CLIENT_CERT = ("required", "optional", "none")
+_TLS_VERSIONS: dict[object, Literal["1.2", "1.3"]] = {  # TOML may say "1.2" or 1.2
+    "1.2": "1.2",
+    "1.3": "1.3",
+    1.2: "1.2",
+    1.3: "1.3",
+}
+_PEM_MAX_BYTES = 1 << 20
+# Attribute names openssl prints (`-nameopt RFC2253`) beyond those RFC 4514 itself knows.
+_SUBJECT_NAMES = {
+    "emailAddress": NameOID.EMAIL_ADDRESS,
+    "serialNumber": NameOID.SERIAL_NUMBER,
+    "organizationIdentifier": NameOID.ORGANIZATION_IDENTIFIER,
+    "title": NameOID.TITLE,
+    "GN": NameOID.GIVEN_NAME,
+    "SN": NameOID.SURNAME,
+}
+
+
+def tls_from_mapping(server: Mapping[str, Any], env: Mapping[str, str]) -> TlsSettings | None:
+    """``[server] tls_*`` → :class:`TlsSettings` (None: plain HTTP). Files are read and
+    checked now (certificate, key, that they match, the client CAs) so a bad one is named at
+    load, not at the first handshake; the passphrase of an encrypted key comes from
+    ``NCPEH_TLS_KEY_PASSWORD``."""
+    where = "server."
+    cert_value = _opt_str(server, "tls_cert", where)
+    if cert_value is None:
+        others = sorted(k for k in _TLS_KEYS if k in server)
+        if others:
+            raise ConfigError(
+                f"server.tls_cert: required with server.{others[0]} (the server's PEM "
+                "certificate: client certificates are only asked over HTTPS)"
+            )
+        return None
+    cert_path, cert_pem = _read_pem(cert_value, "server.tls_cert")
+    try:
+        leaf = x509.load_pem_x509_certificates(cert_pem)[0]
+    except ValueError:
+        raise ConfigError(f"server.tls_cert: {cert_value!r} holds no PEM certificate") from None
+    key_value = _opt_str(server, "tls_key", where)
+    if key_value is None:
+        if b"PRIVATE KEY-----" not in cert_pem:
+            raise ConfigError(
+                f"server.tls_key: required (server.tls_cert {cert_value!r} holds no private key)"
+            )
+        key_path, key_pem, key_value = cert_path, cert_pem, cert_value
+    else:
+        key_path, key_pem = _read_pem(key_value, "server.tls_key")
+    password = env.get("NCPEH_TLS_KEY_PASSWORD") or None
+    key = _private_key(key_pem, password, key_value)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if key.public_key().public_bytes(der, spki) != leaf.public_key().public_bytes(der, spki):
+        raise ConfigError(
+            f"server.tls_key: {key_value!r} is not the key of the certificate in "
+            f"server.tls_cert {cert_value!r}"
+        )
+    ca_value = _opt_str(server, "tls_client_ca", where)
+    ca_path = None
+    if ca_value is not None:
+        ca_path, ca_pem = _read_pem(ca_value, "server.tls_client_ca")
+        try:
+            x509.load_pem_x509_certificates(ca_pem)
+        except ValueError:
+            raise ConfigError(
+                f"server.tls_client_ca: {ca_value!r} holds no PEM certificate"
+            ) from None
+    mode = server.get("tls_client_cert", "none" if ca_path is None else "required")
+    if mode not in _TLS_CLIENT_CERT:
+        raise ConfigError(
+            f"server.tls_client_cert: must be 'required', 'optional' or 'none', not {mode!r}"
+        )
+    if mode != "none" and ca_path is None:
+        raise ConfigError(
+            f"server.tls_client_cert: {mode!r} needs server.tls_client_ca (the CAs that "
+            "client certificates are checked against)"
+        )
+    if mode == "none" and ca_path is not None:
+        raise ConfigError(
+            "server.tls_client_cert: 'none' asks no client certificate, yet "
+            "server.tls_client_ca is set: remove one of them"
+        )
+    version = server.get("tls_min_version", "1.2")
+    if not isinstance(version, str | float) or version not in _TLS_VERSIONS:
+        raise ConfigError(
+            f"server.tls_min_version: must be '1.2' or '1.3' (nothing older is offered), "
+            f"not {version!r}"
+        )
+    identities = server.get("tls_client_identities", {})
+    if not isinstance(identities, dict):
+        raise ConfigError(
+            "server.tls_client_identities: must be a table of RFC 4514 subject = client id"
+        )
+    if identities and mode == "none":
+        raise ConfigError(
+            "server.tls_client_identities: needs client certificates (server.tls_client_ca)"
+        )
+    mapped: dict[str, str] = {}
+    for subject, client_id in identities.items():
+        key_name = f"server.tls_client_identities.{subject!r}"
+        normal = check_subject(subject, key_name)
+        if not isinstance(client_id, str) or not client_id.strip():
+            raise ConfigError(f"{key_name}: the client id must be a non-empty string")
+        if normal in mapped:
+            raise ConfigError(f"{key_name}: the same subject as another entry ({normal})")
+        mapped[normal] = client_id.strip()
+    return TlsSettings(
+        cert_file=cert_path,
+        key_file=key_path,
+        key_password=password,
+        client_ca=ca_path,
+        client_cert=mode,
+        min_version=_TLS_VERSIONS[version],
+        client_identities=tuple(sorted(mapped.items())),
+    )
+
+
+def check_subject(value: str, key: str) -> str:
+    """``value``, a distinguished name in RFC 4514 form (``CN=ncp-a,O=Hospital,C=CZ``: most
+    specific first, as ``openssl x509 -noout -subject -nameopt RFC2253`` prints it), in the
+    form ``x509.Name.rfc4514_string`` gives; else ConfigError naming ``key``."""
+    try:
+        name = x509.Name.from_rfc4514_string(value, _SUBJECT_NAMES)
+    except ValueError:
+        name = None
+    if name is None or not name.rdns:
+        raise ConfigError(
+            f"{key}: not a distinguished name in RFC 4514 form, such as CN=ncp-a,O=Hospital,C=CZ "
+            "(no spaces after commas; `openssl x509 -noout -subject -nameopt RFC2253` prints it)"
+        )
+    return name.rfc4514_string()
+
+
+def _read_pem(value: str, key: str) -> tuple[str, bytes]:
+    """(absolute path, contents) of the PEM file ``value``, else ConfigError naming ``key``."""
+    path = Path(value).expanduser().resolve()
+    try:
+        with path.open("rb") as file:
+            data = file.read(_PEM_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {value!r} ({exc.strerror})") from None
+    if len(data) > _PEM_MAX_BYTES:
+        raise ConfigError(f"{key}: {value!r} is larger than {_PEM_MAX_BYTES} bytes")
+    return str(path), data
+
+
+def _private_key(pem: bytes, password: str | None, value: str) -> PrivateKeyTypes:
+    """The private key in ``pem`` (decrypted with ``password`` if it is encrypted)."""
+    secret = None if password is None else password.encode()
+    try:
+        return serialization.load_pem_private_key(pem, secret)
+    except TypeError:
+        if secret is None:
+            raise ConfigError(
+                f"server.tls_key: {value!r} is encrypted: give its passphrase in "
+                "NCPEH_TLS_KEY_PASSWORD"
+            ) from None
+        with contextlib.suppress(ValueError, UnsupportedAlgorithm):
+            return serialization.load_pem_private_key(pem, None)  # it has no passphrase
+    except (ValueError, UnsupportedAlgorithm):
+        pass
+    raise ConfigError(
+        f"server.tls_key: {value!r} holds no usable PEM private key"
+        + ("" if secret is None else " (or NCPEH_TLS_KEY_PASSWORD is not its passphrase)")
+    )
+
+
 # ---------------------------------------------------------------- [auth]
 
 _AUTH_KEYS = {
@@ -298,6 +512,8 @@ _AUTH_KEYS = {
     "dicomweb_scope",
     "scopes",
     "jwks_min_refresh_seconds",
+    "patient_claim",
+    "patient_identifier_claim",
 }
 _SCOPE_KEYS = {i.value for i in CONFIGURABLE if i is not Interaction.DICOMWEB}
 
@@ -341,6 +557,8 @@ def auth_from_mapping(raw: Mapping[str, Any]) -> AuthSettings:
         dicomweb_scope=_scope(dicomweb_scope, where + "dicomweb_scope"),
         scopes=tuple(sorted(scopes.items())),
         jwks_min_refresh_seconds=_number(raw, "jwks_min_refresh_seconds", where, 30.0, 0.01, 3600),
+        patient_claim=_claim_name(raw, "patient_claim", where, "patient"),
+        patient_identifier_claim=_claim_name(raw, "patient_identifier_claim", where, None),
     )
     return check_auth(auth)
 
@@ -360,6 +578,16 @@ def check_auth(auth: AuthSettings) -> AuthSettings:
         if not auth.audience:
             raise ConfigError("auth.audience: required with a key source (or --audience)")
     return auth
+
+
+def _claim_name(raw: Mapping[str, Any], key: str, where: str, default: str | None) -> str | None:
+    """A claim's name, or None for ``false`` (the claim is not read)."""
+    value = raw.get(key, default)
+    if value is False or value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[\x21-\x7e]{1,128}", value):
+        raise ConfigError(f"{where}{key}: must be a claim name, or false to read no such claim")
+    return value
 
 
 def _scope(value: object, key: str) -> str:
@@ -409,7 +637,12 @@ def is_loopback(host: str) -> bool:
 def check_exposure(settings: Settings) -> str | None:
     """The start-up rule, safe by default: with no token key source the gateway serves only
     on a loopback address, unauthenticated; elsewhere it refuses to start (ConfigError) unless
-    ``[auth] enabled = false`` says so. The warning to log loudly, or None if auth is on."""
+    ``[auth] enabled = false`` says so. The warning to log loudly, or None if auth is on.
+
+    Required TLS client certificates (``[server] tls_client_cert = "required"``) are client
+    authentication too: the operator chose which CA vouches for clients, so they are enough to
+    serve beyond loopback without a key source, with a warning saying that every holder of
+    such a certificate reads everything (no scopes, no patient binding without tokens)."""
     auth = settings.auth
     if auth.active:
         if auth.jwks_url and urlsplit(auth.jwks_url).scheme == "http":
@@ -418,6 +651,14 @@ def check_exposure(settings: Settings) -> str | None:
                 return f"auth.jwks_url is plain http: anyone on the path to {host} can forge keys"
         return None
     where = f"{settings.host}:{settings.port}"
+    tls = settings.tls
+    if tls is not None and tls.client_cert == "required":
+        why = "[auth] enabled = false" if auth.enabled is False else "no token key source"
+        return (
+            f"NO BEARER TOKENS ({why}): clients are authenticated by their TLS certificate "
+            f"only: any client with a certificate from server.tls_client_ca ({tls.client_ca}) "
+            f"reads every patient's images on {where}"
+        )
     if auth.enabled is False:
         return (
             f"AUTHENTICATION IS SWITCHED OFF ([auth] enabled = false): anyone who reaches "
@@ -427,7 +668,9 @@ def check_exposure(settings: Settings) -> str | None:
         raise ConfigError(
             f"server.host: {settings.host!r} is not a loopback address and no token key source "
             "is configured: set [auth] jwks_url or jwks_file with issuer and audience (or --jwks "
-            "--issuer --audience), or [auth] enabled = false to serve without authentication"
+            "--issuer --audience), or require client certificates (server.tls_client_ca, "
+            "tls_client_cert = 'required'), or [auth] enabled = false to serve without "
+            "authentication"
         )
     return (
         f"NO AUTHENTICATION: no token key source is configured ([auth] jwks_url / jwks_file, or "

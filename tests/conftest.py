@@ -189,6 +189,7 @@ def write_dimse_config(
     store_ports: tuple[int, int],
     database_url: str | None = None,
     config_name: str = "gateway",
+    auth: str = "",
 ) -> Path:
     """A gateway config: site "web" (the Orthanc DICOMweb root, for comparison) and four DIMSE
     sites on one PACS: {prefix}get, {prefix}move, and -nocache twins whose cache is too small to
@@ -229,6 +230,7 @@ def write_dimse_config(
         + f'\n[state]\nsqlite = "{work / "state.sqlite3"}"\n'
         + (f'database_url = "{database_url}"\n' if database_url else "")
         + f'[fhir.patient_id_issuers]\n"{CZ_SYSTEM}" = "CZ-NCPEH"\n'
+        + (f"[auth]\n{auth}\n" if auth else "")  # the lines of an [auth] section, if given
     )
     return config
 
@@ -285,6 +287,7 @@ def running_dimse_gateway(
     *,
     forget_destinations: bool = False,
     database_url: str | None = None,
+    auth: str = "",
 ) -> Iterator[DimseGateway]:
     """A gateway process with the sites of :func:`write_dimse_config`, its C-MOVE destinations
     registered in Orthanc (through its REST API) first; removed again if asked."""
@@ -307,6 +310,7 @@ def running_dimse_gateway(
         move_aets=move_aets,
         store_ports=store_ports,
         database_url=database_url,
+        auth=auth,
     )
     log = work / "gateway.log"
     url = f"http://127.0.0.1:{port}"

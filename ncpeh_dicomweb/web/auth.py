@@ -12,27 +12,53 @@ route's ``{"message", "statusCode"}``) with its ``WWW-Authenticate`` header; and
 CORS middleware, so preflights are answered first and refusals carry the CORS headers
 (``on_response_prepare``). The interaction is classified from the matched route's template,
 the same thing the router resolved, so no spelling of a path reaches a handler unclassified.
+
+A token bound to one patient (``[auth] patient_claim`` / ``patient_identifier_claim``,
+:mod:`ncpeh_dicomweb.security.patient`) gets its :class:`PatientBinding` at
+``request[PATIENT_BINDING]``; a patient claim that cannot be read is a 401 ``invalid_token``.
+The handlers apply it through the helpers below: :func:`bound_search` (a QIDO narrowed to the
+patient and filtered), :func:`bound_qido` (the same for the FHIR handlers' own queries) and
+:func:`patient_study` (a study's patient checked before anything of it is read; for a bound
+token every 404 inside is one and the same, so another patient's study, series or instance
+looks exactly like one that does not exist).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Final
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDictProxy
 
+from ..backends.base import Backend, DicomJson, Scope, SearchResult
 from ..config import AuthSettings, Settings, check_auth
-from ..errors import Forbidden, Unauthorized
+from ..dicomweb.attributes import Level
+from ..dicomweb.query import QidoQuery
+from ..errors import Forbidden, NotFound, Unauthorized
+from ..fhir.tokens import IssuerTable
 from ..security.challenge import challenge, insufficient_scope, invalid_token
 from ..security.jwks import source_for
+from ..security.patient import PatientBinding, PatientClaims, StudyPatients, patient_of
 from ..security.scopes import Interaction, classify, satisfies
 from ..security.tokens import TokenError, TokenPolicy, TokenVerifier
-from .keys import PRINCIPAL
+from .fhir_site import FhirSite, qido
+from .keys import PATIENT_BINDING, PRINCIPAL
 
-__all__ = ["auth_middlewares", "bearer_token"]
+__all__ = [
+    "NO_SUCH_STUDY",
+    "allows_study",
+    "auth_middlewares",
+    "bearer_token",
+    "bound_qido",
+    "bound_search",
+    "patient_binding",
+    "patient_study",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +105,17 @@ def auth_middlewares(settings: Settings) -> list[Middleware]:
     assert auth.key_source is not None and auth.issuer is not None
     source = source_for(auth.key_source, min_refresh=auth.jwks_min_refresh_seconds)
     policy = TokenPolicy(auth.issuer, auth.audience, auth.algorithms, auth.leeway_seconds)
-    return [_middleware(TokenVerifier(policy, source), auth)]
+    patients = PatientClaims(
+        auth.patient_claim,
+        auth.patient_identifier_claim,
+        IssuerTable.from_pairs(settings.patient_id_issuers),
+    )
+    return [_middleware(TokenVerifier(policy, source), auth, patients, StudyPatients())]
 
 
-def _middleware(verifier: TokenVerifier, auth: AuthSettings) -> Middleware:
+def _middleware(
+    verifier: TokenVerifier, auth: AuthSettings, patients: PatientClaims, studies: StudyPatients
+) -> Middleware:
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
@@ -99,6 +132,7 @@ def _middleware(verifier: TokenVerifier, auth: AuthSettings) -> Middleware:
                     headers={"WWW-Authenticate": challenge()},
                 )
             principal = await verifier.verify(token)
+            patient = patient_of(principal.claims, patients)  # PatientClaimError: 401 too
         except TokenError as exc:
             log.info("%s %s: token refused: %s", request.method, request.path, exc)
             raise Unauthorized(
@@ -107,6 +141,8 @@ def _middleware(verifier: TokenVerifier, auth: AuthSettings) -> Middleware:
                 headers={"WWW-Authenticate": invalid_token(str(exc))},
             ) from None
         request[PRINCIPAL] = principal  # set before the scope check: audit records refusals too
+        if patient is not None:
+            request[PATIENT_BINDING] = PatientBinding(patient, studies)
         scope = auth.required_scope(interaction)
         if scope is not None and not satisfies(principal.scopes, scope):
             log.info("%s %s: token lacks scope %s", request.method, request.path, scope)
@@ -118,3 +154,85 @@ def _middleware(verifier: TokenVerifier, auth: AuthSettings) -> Middleware:
         return await handler(request)
 
     return auth_middleware
+
+
+# ---------------------------------------------------------------- patient-bound access
+
+#: What a patient-bound token gets for a study that is not its patient's, one that does not
+#: exist, and anything else not found under a study: one answer, whatever the reason.
+NO_SUCH_STUDY: Final = "no such study, series or instance"
+_EVERYWHERE: Final = Scope()  # a root-level QIDO: /studies, /series, /instances
+
+
+def patient_binding(request: web.Request) -> PatientBinding | None:
+    """The patient the request's token is bound to; None for an unbound token (or no auth)."""
+    return request.get(PATIENT_BINDING)
+
+
+async def bound_search(
+    request: web.Request, backend: Backend, query: QidoQuery, scope: Scope, base_url: str
+) -> SearchResult:
+    """A QIDO-RS search as the request's token may see it: for a patient-bound token the query
+    is narrowed to the patient (nothing asked when it names someone else) and the answers are
+    filtered on their PatientID and IssuerOfPatientID."""
+    binding = patient_binding(request)
+    if binding is None:
+        return await backend.search(query, scope, base_url)
+    narrowed = binding.narrow(query)
+    if narrowed is None:
+        return SearchResult([], query.warnings)
+    result = await backend.search(narrowed, scope, base_url)
+    return SearchResult(binding.filter(result.datasets), result.warnings)
+
+
+async def bound_qido(
+    request: web.Request,
+    site: FhirSite,
+    params: Sequence[tuple[str, str]],
+    level: Level,
+    scope: Scope = _EVERYWHERE,
+) -> list[DicomJson]:
+    """:func:`~.fhir_site.qido` (the FHIR handlers' own QIDO queries) as :func:`bound_search`
+    narrows and filters it."""
+    binding = patient_binding(request)
+    if binding is None:
+        return await qido(site, list(params), level, scope)
+    narrowed = binding.narrow_params(params, level)
+    if narrowed is None:
+        return []
+    return binding.filter(await qido(site, narrowed, level, scope))
+
+
+@asynccontextmanager
+async def patient_study(
+    request: web.Request, site_id: str, backend: Backend, base_url: str, study_uid: str
+) -> AsyncIterator[None]:
+    """For a patient-bound token: 404 (:data:`NO_SUCH_STUDY`) unless ``study_uid`` is the
+    patient's, by one study-level QIDO (kept a short while per site and study); and any 404
+    raised in the block becomes that same one. Nothing for an unbound token."""
+    if patient_binding(request) is None:
+        yield
+        return
+    if not await allows_study(request, site_id, backend, base_url, study_uid):
+        raise NotFound(NO_SUCH_STUDY)
+    try:
+        yield
+    except NotFound:
+        raise NotFound(NO_SUCH_STUDY) from None
+
+
+async def allows_study(
+    request: web.Request, site_id: str, backend: Backend, base_url: str, study_uid: str
+) -> bool:
+    """True if the request's token may read study ``study_uid`` of the site: always for an
+    unbound token; for a patient-bound one if the PACS says the study is its patient's (one
+    study-level QIDO, kept a short while per site and study). False for a study the PACS
+    does not have: the caller answers both the same way."""
+    binding = patient_binding(request)
+    if binding is None:
+        return True
+
+    async def search(query: QidoQuery) -> Sequence[Mapping[str, Any]]:
+        return (await backend.search(query, _EVERYWHERE, base_url)).datasets
+
+    return await binding.allows_study(site_id, study_uid, search)

@@ -50,6 +50,7 @@ from ..fhir.search import (
     to_qido,
 )
 from ..fhir.tokens import IssuerTable
+from .auth import allows_study, bound_qido, patient_binding
 from .fhir_site import (
     MAX_CANDIDATES,
     FhirSite,
@@ -86,7 +87,7 @@ async def search(request: web.Request) -> web.Response:
     site = fhir_site(request)
     query = await _resolved(request, site, query)
     issuers = issuers_of(request)
-    studies = await _matching_studies(site, query, issuers)
+    studies = await _matching_studies(request, site, query, issuers)
     self_params = query.self_params()
     if query.summary_count:
         self_url = search_url(site.fhir_base + "/ImagingStudy", self_params)
@@ -133,39 +134,42 @@ def _uid(dataset: DicomJson) -> str:
 
 
 async def _matching_studies(
-    site: FhirSite, query: StudySearch, issuers: IssuerTable
+    request: web.Request, site: FhirSite, query: StudySearch, issuers: IssuerTable
 ) -> list[DicomJson]:
     """Every study matching ``query``, in ``_sort`` order: the PACS's answers to the pushed-down
-    queries, narrowed here by what they could not carry."""
+    queries, narrowed here by what they could not carry. A patient-bound token's queries are
+    narrowed to its patient, and the answers filtered (:func:`.auth.bound_qido`): a search for
+    another patient finds nothing."""
     found: dict[str, DicomJson] = {}
     for params in to_qido(query, issuers):
         params = [*params, ("limit", str(MAX_CANDIDATES))]
-        for study in await qido(site, params, Level.STUDY):
+        for study in await bound_qido(request, site, params, Level.STUDY):
             found.setdefault(_uid(study), study)
     site_id = None if site.default else site.site_id
     studies = [s for s in found.values() if matches_study(query, s, issuers, site_id=site_id)]
     if query.reason:
         studies = [await _with_detail(site, s) for s in studies]
     if studies and needs_series(query):
-        series = await _lower(site, Level.SERIES, studies)
+        series = await _lower(request, site, Level.SERIES, studies)
         studies = [s for s in studies if matches_series(query, s, series.get(_uid(s), []))]
     if studies and needs_instances(query):
-        instances = await _lower(site, Level.INSTANCE, studies)
+        instances = await _lower(request, site, Level.INSTANCE, studies)
         studies = [s for s in studies if matches_instances(query, instances.get(_uid(s), []))]
     return sort_studies(query, studies)
 
 
 async def _lower(
-    site: FhirSite, level: Level, studies: Sequence[DicomJson]
+    request: web.Request, site: FhirSite, level: Level, studies: Sequence[DicomJson]
 ) -> dict[str, list[DicomJson]]:
     """The series or instances of ``studies``, by Study Instance UID (batched UID lists),
-    each study's asked once per request (matching and building both need the series)."""
+    each study's asked once per request (matching and building both need the series); for a
+    patient-bound token, only its patient's (a UID a PACS files under two patients)."""
     known = site.lowered.setdefault(level.value, {})
     missing = [uid for uid in dict.fromkeys(_uid(s) for s in studies) if uid not in known]
     for uid in missing:
         known[uid] = []
     for params in lower_qido(level, missing):
-        for dataset in await qido(site, params, level):
+        for dataset in await bound_qido(request, site, params, level):
             known.setdefault(str(first_value(dataset, _STUDY_UID)), []).append(dataset)
     return {_uid(s): known[_uid(s)] for s in studies}
 
@@ -218,7 +222,7 @@ async def _entries(
     if not page:
         return []
     detailed = await asyncio.gather(*(_with_detail(site, s) for s in page))
-    series = await _lower(site, Level.SERIES, page)
+    series = await _lower(request, site, Level.SERIES, page)
     entries: list[BundleEntry] = []
     for study in detailed:
         uid = _uid(study)
@@ -280,17 +284,22 @@ async def _read_study(request: web.Request, fmt: FhirFormat) -> dict[str, Any]:
     uid = study_uid_for_id(resource_id) if site.default else None
     if uid is None:
         uid = await store.recall(site.site_id, "ImagingStudy", resource_id)
-    if uid is None:
+    # A patient-bound token: another patient's study is exactly an unknown one (no 410 either:
+    # that the id was once served would tell the study exists).
+    if uid is None or not await allows_study(
+        request, site.site_id, site.backend, site.wado_root, uid
+    ):
         raise NotFound("no such ImagingStudy", detail={"id": resource_id[:64]})
     params = [("StudyInstanceUID", uid), ("includefield", "all")]
     studies = await qido(site, params, Level.STUDY)
     if not studies:
-        if (await store.recall(site.site_id, "ImagingStudy", resource_id)) is not None:
+        remembered = await store.recall(site.site_id, "ImagingStudy", resource_id)
+        if remembered is not None and patient_binding(request) is None:
             raise Gone("the study is no longer available", detail={"id": resource_id})
         raise NotFound("no such ImagingStudy", detail={"id": resource_id[:64]})
     study = await _with_detail(site, studies[0])
-    series = (await _lower(site, Level.SERIES, [study])).get(uid, [])
-    instances = (await _lower(site, Level.INSTANCE, [study])).get(uid, [])
+    series = (await _lower(request, site, Level.SERIES, [study])).get(uid, [])
+    instances = (await _lower(request, site, Level.INSTANCE, [study])).get(uid, [])
     await store.remember(site.site_id, "ImagingStudy", [(resource_id, uid)])
     return imaging_study(
         study,

@@ -5,6 +5,7 @@ A Patient id encodes PatientID and IssuerOfPatientID (:func:`fhir.tokens.patient
 so reading one needs no store. The PACS is asked by PatientID (and issuer); the answers are
 then matched exactly here, since a PatientID may hold ``*`` or ``?``, which QIDO reads as
 wildcards. The digest form of an id (an identity too long to encode) cannot be read: 404.
+A patient-bound token reads its own patient only: any other id is 404, as an unknown one.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from ..errors import NotFound
 from ..fhir.mapping import patient
 from ..fhir.negotiation import negotiate_fhir
 from ..fhir.tokens import parse_patient_resource_id
+from .auth import bound_qido, patient_binding
 from .fhir_site import (
     MAX_CANDIDATES,
     dataset_text,
     fhir_response,
     fhir_site,
     issuers_of,
-    qido,
 )
 from .keys import accept_of
 
@@ -36,14 +37,15 @@ async def read(request: web.Request) -> web.Response:
     fmt = negotiate_fhir(accept_of(request), request.query.get("_format"))
     resource_id = request.match_info["id"]
     key = parse_patient_resource_id(resource_id)
-    if key is None:
+    binding = patient_binding(request)
+    if key is None or (binding is not None and not binding.is_patient(key)):
         raise NotFound("no such Patient", detail={"id": resource_id[:64]})
     params = [("PatientID", key.patient_id), ("limit", str(MAX_CANDIDATES))]
     if key.issuer is not None:
         params.append(("IssuerOfPatientID", key.issuer))
     params += [("includefield", tag) for tag in _PATIENT_TAGS]
     site = fhir_site(request)
-    for study in await qido(site, params, Level.STUDY):
+    for study in await bound_qido(request, site, params, Level.STUDY):
         if dataset_text(study, _PATIENT_ID) != key.patient_id:
             continue
         if (dataset_text(study, _ISSUER) or None) != key.issuer:

@@ -1,5 +1,12 @@
 """FHIR R5 ImagingSelection: search, read, create (a client's selection, checked against the
-PACS and kept in the store) and delete; where selections come from is :mod:`.selections`."""
+PACS and kept in the store) and delete; where selections come from is :mod:`.selections`.
+
+A patient-bound token (:mod:`ncpeh_dicomweb.security.patient`): searches find its patient's
+selections only; reading or deleting another patient's is 404, as an unknown id; creating one
+on another patient's study is 422 "the study is not in the PACS", exactly what a study the PACS
+does not have gets: the POST is to the collection, which exists (so not 404), and the problem is
+a reference in the body; any other answer would tell the study exists.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +56,7 @@ from ..fhir.selection_search import (
     resolve_digests,
 )
 from ..state import StoredInstance, StoredSelection
+from .auth import bound_qido, patient_binding
 from .fhir_site import (
     MAX_CANDIDATES,
     FhirSite,
@@ -81,6 +89,8 @@ _MAX_COUNT = 100
 _MAX_BODY = 4 << 20  # a selection of 10,000 instances is well under 1 MiB of JSON
 _JSON_TYPES = frozenset({"application/fhir+json", "application/json"})
 _SERIES_UID, _STUDY_UID, _SOP_UID, _SOP_CLASS = "0020000E", "0020000D", "00080018", "00080016"
+# The selection's subject: some PACS (Orthanc) return the issuer only when asked for it.
+_PATIENT_FIELDS = "PatientID,IssuerOfPatientID"
 
 
 def _format(request: web.Request, params: Mapping[str, str] | None = None) -> FhirFormat:
@@ -120,7 +130,12 @@ async def delete(request: web.Request) -> web.Response:
     site = fhir_site(request)
     resource_id = request.match_info["id"]
     store = request.app[STORE]
+    binding = patient_binding(request)
     if is_created_selection_id(resource_id):
+        if binding is not None:  # another patient's (deleted or not) is an unknown one
+            stored = await store.selection(site.site_id, resource_id)
+            if stored is None or stored.patient_id != binding.resource_id:
+                raise NotFound("no such ImagingSelection", detail={"id": resource_id})
         if await store.delete_selection(site.site_id, resource_id, time.time()):
             return web.Response(status=204)
         if await store.selection(site.site_id, resource_id) is None:
@@ -157,7 +172,7 @@ async def create(request: web.Request) -> web.Response:
         error = BadRequest if exc.status == 400 else Unprocessable
         raise error(exc.message, detail={"expression": exc.expression}) from None
     site = fhir_site(request)
-    study, sop_classes = await _check_in_pacs(site, posted)
+    study, sop_classes = await _check_in_pacs(request, site, posted)
     patient_id = patient_id_of(study)
     study_resource_id = site.resource_id(posted.study_uid)
     _check_references(posted, patient_id, study_resource_id)
@@ -212,11 +227,13 @@ async def _read_body(request: web.Request) -> bytes:
 
 
 async def _check_in_pacs(
-    site: FhirSite, posted: PostedSelection
+    request: web.Request, site: FhirSite, posted: PostedSelection
 ) -> tuple[DicomJson, dict[str, str | None]]:
     """The study (from the PACS) and each listed instance's SOP Class; 422 naming the first
-    element the PACS does not hold."""
-    studies = await qido(site, [("StudyInstanceUID", posted.study_uid)], Level.STUDY)
+    element the PACS does not hold. For a patient-bound token, another patient's study is one
+    the PACS does not hold."""
+    params = [("StudyInstanceUID", posted.study_uid), ("includefield", _PATIENT_FIELDS)]
+    studies = await bound_qido(request, site, params, Level.STUDY)
     if not studies:
         raise Unprocessable(
             "the study is not in the PACS", detail={"expression": "ImagingSelection.studyUid"}
@@ -276,6 +293,9 @@ async def search(request: web.Request) -> web.Response:
     found = [*await _kos_selections(request, site, query), *await _created(request, site, query)]
     issuers = issuers_of(request)
     found = [s for s in found if matches_selection(query, s.resource, issuers, s.patient)]
+    binding = patient_binding(request)
+    if binding is not None:  # narrowed in the queries; checked here on what was found
+        found = [s for s in found if binding.is_patient(s.patient)]
     found.sort(key=lambda s: (s.study_uid, str(s.resource.get("issued", "")), s.resource["id"]))
     base = site.fhir_base + "/ImagingSelection"
     if query.summary_count:
@@ -316,7 +336,7 @@ async def _kos_selections(
     out: list[Selection] = []
     for params in pacs_queries(query, issuers_of(request), uids.get):
         query_params = [*params, ("limit", str(MAX_CANDIDATES))]
-        for series in await qido(site, query_params, Level.SERIES):
+        for series in await bound_qido(request, site, query_params, Level.SERIES):
             series_uid = dataset_text(series, _SERIES_UID)
             if series_uid is None or series_uid in seen:
                 continue
@@ -336,6 +356,10 @@ async def _created(request: web.Request, site: FhirSite, query: SelectionSearch)
         if all(isinstance(c, PatientRef) for c in clause):
             ids = {c.resource_id for c in clause if isinstance(c, PatientRef)}
             patient_ids = ids if patient_ids is None else patient_ids & ids
+    binding = patient_binding(request)
+    if binding is not None:
+        mine = {binding.resource_id}
+        patient_ids = mine if patient_ids is None else patient_ids & mine
     stored = await request.app[STORE].find_selections(
         site.site_id, study_uids=study_uids, patient_ids=patient_ids, limit=MAX_CANDIDATES
     )

@@ -11,6 +11,7 @@ from ..backends.base import Backend
 from ..config import Settings
 from ..errors import NotFound
 from ..imaging.pool import ImagingPool
+from ..security.patient import PatientBinding
 from ..security.tokens import Principal
 from ..state import Store
 from .forwarded import forwarded_origin, is_trusted
@@ -19,11 +20,14 @@ from .metadata_cache import MetadataCache
 __all__ = [
     "ACTIVE_STREAMS",
     "BACKENDS",
+    "CLIENT_CERTIFICATE",
     "IMAGING_POOL",
     "METADATA_CACHE",
+    "PATIENT_BINDING",
     "PRINCIPAL",
     "SETTINGS",
     "STORE",
+    "ClientCertificate",
     "SiteContext",
     "abort_connection",
     "accept_of",
@@ -41,6 +45,25 @@ STORE = web.AppKey("store", Store)
 ACTIVE_STREAMS: web.AppKey[set[asyncio.BaseTransport]] = web.AppKey("active_streams")
 # Per request: who the bearer token speaks for (set by web/auth.py when auth is on).
 PRINCIPAL = web.RequestKey("ncpeh.principal", Principal)
+# Per request: the one patient a patient-bound token may see (web/auth.py); absent: unbound.
+PATIENT_BINDING = web.RequestKey("ncpeh.patient_binding", PatientBinding)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """A request's TLS client certificate, verified in the handshake (see web/tls.py)."""
+
+    subject: str  # RFC 4514, most specific first: "CN=ncp-cz,O=NCPeH CZ,C=CZ"
+    client_id: str | None  # [server.tls_client_identities][subject], else the subject's CN
+    serial: str  # hexadecimal, upper case (as openssl prints it)
+    issuer: str  # RFC 4514
+
+
+# Per request, when client certificates are asked (web/tls.py): the certificate, or None if
+# the client sent none (tls_client_cert = "optional"). Absent over plain HTTP.
+CLIENT_CERTIFICATE: web.RequestKey[ClientCertificate | None] = web.RequestKey(
+    "ncpeh.client_certificate"
+)
 
 
 def accept_of(request: web.Request) -> str | None:

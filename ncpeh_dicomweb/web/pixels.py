@@ -33,10 +33,10 @@ from ..imaging.frames import PixelLayout, decode_frame, parse_frame_list, pixel_
 from ..imaging.pool import ImagingPool
 from ..imaging.render import parse_render_params, render
 from ..imaging.transcode import decodable
-from .keys import IMAGING_POOL, accept_of, site_context
+from .keys import IMAGING_POOL, SiteContext, accept_of, site_context
 from .streaming import stream_parts
 from .transcoding import part_syntax
-from .wado import target_of
+from .wado import study_guard, target_of
 
 __all__ = ["routes"]
 
@@ -56,6 +56,13 @@ async def frames(request: web.Request) -> web.StreamResponse:
     numbers = _frame_numbers(request)
     context = site_context(request)
     target = target_of(request)
+    async with study_guard(request, context, target):
+        return await _frames(request, context, target, numbers)
+
+
+async def _frames(
+    request: web.Request, context: SiteContext, target: Target, numbers: Sequence[int]
+) -> web.StreamResponse:
     passed = await _pacs_frames(request, context.backend, target, numbers, context.base_url)
     if passed is not None:
         return passed
@@ -189,7 +196,7 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
     context = site_context(request)
     target = target_of(request)
     accept = accept_of(request)
-    async with context.backend.instance_file(target) as path:
+    async with study_guard(request, context, target), context.backend.instance_file(target) as path:
         if where == ((PIXEL_DATA, 0),):
             layout = await asyncio.to_thread(pixel_layout, path)
             media = negotiate_frames(
@@ -239,9 +246,11 @@ async def _render(request: web.Request, *, thumbnail: bool) -> web.Response:
             raise BadRequest("a rendered frame names one frame", detail={"parameter": "frames"})
         frame = numbers[0]
     context = site_context(request)
-    target = await _representative(context.backend, target_of(request), context.base_url)
-    async with context.backend.instance_file(target) as path:
-        body = await request.app[IMAGING_POOL].run(render, path, frame, params)
+    asked = target_of(request)
+    async with study_guard(request, context, asked):
+        target = await _representative(context.backend, asked, context.base_url)
+        async with context.backend.instance_file(target) as path:
+            body = await request.app[IMAGING_POOL].run(render, path, frame, params)
     return web.Response(body=body, headers={"Content-Type": media_type})
 
 

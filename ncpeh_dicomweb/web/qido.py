@@ -13,6 +13,7 @@ from ..dicomweb.media import negotiate_dicom_json
 from ..dicomweb.query import parse_qido
 from ..dicomweb.uids import check_uid
 from ..errors import InvalidQuery, UriTooLong
+from .auth import bound_search
 from .keys import SETTINGS, accept_of, site_context
 from .responses import dicom_response
 
@@ -45,7 +46,8 @@ async def _search(request: web.Request, level: Level) -> web.Response:
     capped = query.limit is None
     if capped:
         query = replace(query, limit=limits.qido_max_results)
-    result = await context.backend.search(query, scope, context.base_url)
+    # A patient-bound token: narrowed to its patient, and what the PACS answers filtered.
+    result = await bound_search(request, context.backend, query, scope, context.base_url)
     warnings.extend(w for w in result.warnings if w not in warnings)
     if capped and len(result.datasets) >= limits.qido_max_results:
         warnings.append(

@@ -15,6 +15,9 @@ A KOS costs the metadata of its series (one request per KO series); IOCM rejecti
 not selections. The selections served are remembered, so that one whose KOS the PACS loses is
 410. Each selection's contained Endpoint names ``{DICOMweb root}/selections/{id}``
 (:mod:`.selection_retrieve`).
+
+A patient-bound token finds its patient's selections only (:func:`find_selection`): another
+patient's is 404 exactly as an unknown id, never 410 (that would tell it exists).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from ..fhir.selection import (
 )
 from ..fhir.tokens import parse_patient_resource_id, patient_resource_id
 from ..state import StoredSelection
+from .auth import bound_qido, patient_binding
 from .fhir_site import FhirSite, dataset_text, qido
 from .keys import STORE
 
@@ -136,11 +140,13 @@ def from_store(site: FhirSite, stored: StoredSelection) -> Selection:
 
 async def find_selection(request: web.Request, site: FhirSite, resource_id: str) -> Selection:
     """The selection ``resource_id`` names; 404 if none, 410 if it was deleted or its KOS is
-    no longer in the PACS."""
+    no longer in the PACS. For a patient-bound token, 404 if it is another patient's (or if
+    whose it was cannot be told: a KOS the PACS no longer has)."""
     store = request.app[STORE]
+    binding = patient_binding(request)
     if is_created_selection_id(resource_id):
         stored = await store.selection(site.site_id, resource_id)
-        if stored is None:
+        if stored is None or (binding is not None and stored.patient_id != binding.resource_id):
             raise NotFound("no such ImagingSelection", detail={"id": resource_id})
         if stored.deleted is not None:
             raise Gone("the ImagingSelection was deleted", detail={"id": resource_id})
@@ -153,9 +159,8 @@ async def find_selection(request: web.Request, site: FhirSite, resource_id: str)
     if key is None:
         raise NotFound("no such ImagingSelection", detail={"id": resource_id[:64]})
     kos_uid, index = key
-    found = await qido(
-        site, [("SOPInstanceUID", kos_uid), ("includefield", _SERIES_UID)], Level.INSTANCE
-    )
+    params = [("SOPInstanceUID", kos_uid), ("includefield", _SERIES_UID)]
+    found = await bound_qido(request, site, params, Level.INSTANCE)
     selections: list[Selection] = []
     if found:
         study, series = dataset_text(found[0], _STUDY_UID), dataset_text(found[0], _SERIES_UID)
@@ -167,9 +172,13 @@ async def find_selection(request: web.Request, site: FhirSite, resource_id: str)
             except NotFound:
                 selections = []
     if 1 <= index <= len(selections):
-        await remember_served(request, site, selections[index - 1 : index])
-        return selections[index - 1]
-    if remembered is not None:
+        chosen = selections[index - 1]
+        if binding is not None and not binding.is_patient(chosen.patient):
+            raise NotFound("no such ImagingSelection", detail={"id": resource_id[:64]})
+        await remember_served(request, site, [chosen])
+        return chosen
+    # A bound token learns the KOS is gone only if the PACS still says it is its patient's.
+    if remembered is not None and (binding is None or found):
         raise Gone("the key object selection is no longer in the PACS", detail={"id": resource_id})
     raise NotFound("no such ImagingSelection", detail={"id": resource_id[:64]})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from email.utils import formatdate
 
 import orjson
@@ -15,12 +16,13 @@ from ..dicomweb.media import (
 )
 from ..dicomweb.uids import check_uid
 from ..imaging.transcode import encodable
-from .keys import IMAGING_POOL, METADATA_CACHE, accept_of, site_context
+from .auth import patient_study
+from .keys import IMAGING_POOL, METADATA_CACHE, SiteContext, accept_of, site_context
 from .responses import dicom_response
 from .streaming import stream_parts
 from .transcoding import transcoded
 
-__all__ = ["routes", "target_of"]
+__all__ = ["routes", "study_guard", "target_of"]
 
 
 def target_of(request: web.Request) -> Target:
@@ -33,21 +35,30 @@ def target_of(request: web.Request) -> Target:
     )
 
 
+def study_guard(
+    request: web.Request, context: SiteContext, target: Target
+) -> AbstractAsyncContextManager[None]:
+    """For a patient-bound token, the target's study must be its patient's: 404 otherwise,
+    exactly as for a study that does not exist (:func:`.auth.patient_study`)."""
+    return patient_study(request, context.site_id, context.backend, context.base_url, target.study)
+
+
 async def retrieve(request: web.Request) -> web.StreamResponse:
     """Study, series or instance as ``multipart/related; type="application/dicom"`` (10.4.1.1.1)."""
     media = negotiate_instances(accept_of(request), can_produce=encodable)
     context = site_context(request)
     target = target_of(request)
-    # The backend delivers instances as stored; the gateway converts what must be.
-    events = context.backend.retrieve(target, context.base_url)
-    events = transcoded(events, media.transfer_syntax, request.app[IMAGING_POOL])
-    return await stream_parts(
-        request,
-        events,
-        content_type=media.content_type,
-        part_type=media.part_content_type(),
-        what=f"retrieve of {target.path()}",
-    )
+    async with study_guard(request, context, target):
+        # The backend delivers instances as stored; the gateway converts what must be.
+        events = context.backend.retrieve(target, context.base_url)
+        events = transcoded(events, media.transfer_syntax, request.app[IMAGING_POOL])
+        return await stream_parts(
+            request,
+            events,
+            content_type=media.content_type,
+            part_type=media.part_content_type(),
+            what=f"retrieve of {target.path()}",
+        )
 
 
 async def metadata(request: web.Request) -> web.Response:
@@ -58,10 +69,11 @@ async def metadata(request: web.Request) -> web.Response:
     target = target_of(request)
     cache = request.app[METADATA_CACHE]
     key = (context.site_id, context.base_url, target.path())
-    entry = cache.get(key)
-    if entry is None:
-        datasets = await context.backend.metadata(target, context.base_url)
-        entry = cache.put(key, orjson.dumps(datasets))
+    async with study_guard(request, context, target):  # before the cache: it is shared
+        entry = cache.get(key)
+        if entry is None:
+            datasets = await context.backend.metadata(target, context.base_url)
+            entry = cache.put(key, orjson.dumps(datasets))
     # One entity tag per representation: the XML form of the same metadata is another entity.
     etag = entry.etag if media_type != DICOM_XML_MULTIPART else entry.etag[:-1] + '-xml"'
     headers = {

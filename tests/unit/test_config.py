@@ -17,6 +17,7 @@ from ncpeh_dicomweb.config import (
 )
 from ncpeh_dicomweb.security.scopes import Interaction
 from tests.unit.test_security_tokens import ec_key, jwks_document
+from tests.unit.test_tls import CLIENT_SUBJECT, KEY_PASSWORD, Pki, make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -367,3 +368,169 @@ def test_cli_flags_override_the_file(tmp_path: Path, jwks_file: Path) -> None:
     assert main(["check-config", "--config", str(config), *flags]) == 0
     config.write_text(config.read_text().replace("enabled = false", ""))
     assert main(["check-config", "--config", str(config)]) == 2
+
+
+# ---------------------------------------------------------------- [server] TLS
+
+
+@pytest.fixture(scope="module")
+def tls_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("tls-pki"))
+
+
+def _tls(pki: Pki, host: str = "127.0.0.1", **server: Any) -> dict[str, Any]:
+    """Settings with one site and ``server`` (values "{ca}", "{client_key}"... name pki files)."""
+    paths = {k: str(v) for k, v in vars(pki).items()}
+    table = {k: v.format(**paths) if isinstance(v, str) else v for k, v in server.items()}
+    return {"sites": [_site()], "server": {"host": host, **table}}
+
+
+SERVER_FILES = {"tls_cert": "{server_cert}", "tls_key": "{server_key}"}
+MTLS = {**SERVER_FILES, "tls_client_ca": "{ca}"}
+
+
+def test_tls_is_off_by_default_and_loads_its_files(
+    tls_pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert settings_from_mapping({"sites": [_site()]}, {}).tls is None
+    tls = settings_from_mapping(_tls(tls_pki, **SERVER_FILES), {}).tls
+    assert tls is not None
+    assert (tls.cert_file, tls.key_file) == (str(tls_pki.server_cert), str(tls_pki.server_key))
+    assert (tls.client_ca, tls.client_cert, tls.min_version) == (None, "none", "1.2")
+    tls = settings_from_mapping(
+        _tls(
+            tls_pki,
+            **MTLS,
+            tls_min_version="1.3",
+            tls_client_identities={
+                CLIENT_SUBJECT: " ncpeh-test ",
+                "2.5.4.3=other,O=Hospital": "other",  # normalized: CN=other,O=Hospital
+                "CN=Mail,emailAddress=a@b.cz,C=CZ": "mail",  # openssl's attribute names
+            },
+        ),
+        {},
+    ).tls
+    assert tls is not None
+    assert (tls.client_ca, tls.client_cert, tls.min_version) == (str(tls_pki.ca), "required", "1.3")
+    assert dict(tls.client_identities) == {
+        CLIENT_SUBJECT: "ncpeh-test",
+        "CN=other,O=Hospital": "other",
+        "CN=Mail,1.2.840.113549.1.9.1=a@b.cz,C=CZ": "mail",
+    }
+    optional = settings_from_mapping(_tls(tls_pki, **MTLS, tls_client_cert="optional"), {}).tls
+    assert optional is not None and optional.client_cert == "optional"
+    relative = {"tls_cert": "server.pem", "tls_key": "server.key"}
+    monkeypatch.chdir(tls_pki.ca.parent)  # relative paths are resolved at load
+    tls = settings_from_mapping(_tls(tls_pki, **relative), {}).tls
+    assert tls is not None and tls.cert_file == str(tls_pki.server_cert)
+
+
+@pytest.mark.parametrize(
+    ("server", "env", "names"),
+    [
+        ({"tls_key": "{server_key}"}, {}, "server.tls_cert: required with server.tls_key"),
+        ({"tls_client_ca": "{ca}"}, {}, "server.tls_cert: required with server.tls_client_ca"),
+        ({"tls_cert": "/nonexistent.pem"}, {}, "server.tls_cert: cannot read '/nonexistent.pem'"),
+        ({"tls_cert": ""}, {}, "server.tls_cert: must be a non-empty string"),
+        ({"tls_cert": "{server_key}"}, {}, "server.tls_cert: '{server_key}' holds no PEM cert"),
+        ({"tls_cert": "{server_cert}"}, {}, "server.tls_key: required (server.tls_cert"),
+        ({**SERVER_FILES, "tls_key": "/nonexistent.key"}, {}, "server.tls_key: cannot read"),
+        ({**SERVER_FILES, "tls_key": "{ca}"}, {}, "server.tls_key: '{ca}' holds no usable PEM"),
+        ({**SERVER_FILES, "tls_key": "{client_key}"}, {}, "server.tls_key: '{client_key}' is not"),
+        ({**SERVER_FILES, "tls_key": "{encrypted_key}"}, {}, "NCPEH_TLS_KEY_PASSWORD"),
+        (
+            {**SERVER_FILES, "tls_key": "{encrypted_key}"},
+            {"NCPEH_TLS_KEY_PASSWORD": "wrong"},
+            "server.tls_key: '{encrypted_key}' holds no usable PEM private key (or NCPEH_TLS",
+        ),
+        ({**SERVER_FILES, "tls_client_ca": "/nonexistent.pem"}, {}, "server.tls_client_ca: can"),
+        ({**SERVER_FILES, "tls_client_ca": "{client_key}"}, {}, "'{client_key}' holds no PEM"),
+        ({**MTLS, "tls_client_cert": "sometimes"}, {}, "server.tls_client_cert: must be"),
+        ({**SERVER_FILES, "tls_client_cert": "required"}, {}, "server.tls_client_cert: 'requ"),
+        ({**SERVER_FILES, "tls_client_cert": "optional"}, {}, "server.tls_client_cert: 'opti"),
+        ({**MTLS, "tls_client_cert": "none"}, {}, "server.tls_client_cert: 'none' asks no"),
+        ({**SERVER_FILES, "tls_min_version": "1.1"}, {}, "server.tls_min_version: must be"),
+        ({**SERVER_FILES, "tls_min_version": 1.0}, {}, "server.tls_min_version"),
+        ({**SERVER_FILES, "tls_min_version": ["1.2"]}, {}, "server.tls_min_version"),
+        ({**SERVER_FILES, "tls_min_version": True}, {}, "server.tls_min_version"),
+        ({**MTLS, "tls_client_identities": "x"}, {}, "server.tls_client_identities: must be"),
+        (
+            {**SERVER_FILES, "tls_client_identities": {CLIENT_SUBJECT: "x"}},
+            {},
+            "server.tls_client_identities: needs client certificates",
+        ),
+        (
+            {**MTLS, "tls_client_identities": {"CN = x, O = y": "x"}},
+            {},
+            "server.tls_client_identities.'CN = x, O = y': not a distinguished name in RFC 4514",
+        ),
+        ({**MTLS, "tls_client_identities": {"": "x"}}, {}, "not a distinguished name"),
+        ({**MTLS, "tls_client_identities": {"cn=x": "x"}}, {}, "not a distinguished name"),
+        ({**MTLS, "tls_client_identities": {"CN=x": " "}}, {}, "client id must be a non-empty"),
+        ({**MTLS, "tls_client_identities": {"CN=x": 1}}, {}, "client id must be a non-empty"),
+        (
+            {**MTLS, "tls_client_identities": {"CN=x,O=y": "a", "2.5.4.3=x,O=y": "b"}},
+            {},
+            "the same subject as another entry (CN=x,O=y)",
+        ),
+        ({**MTLS, "tls_ciphers": "ALL"}, {}, "server.tls_ciphers: unknown key"),
+    ],
+)
+def test_bad_tls_values_name_the_key(
+    tls_pki: Pki, server: dict[str, Any], env: dict[str, str], names: str
+) -> None:
+    paths = {k: str(v) for k, v in vars(tls_pki).items()}
+    with pytest.raises(ConfigError, match=re.escape(names.format(**paths))):
+        settings_from_mapping(_tls(tls_pki, **server), env)
+
+
+def test_required_client_certificates_may_serve_beyond_loopback(
+    tls_pki: Pki, jwks_file: Path
+) -> None:
+    public = settings_from_mapping(_tls(tls_pki, "0.0.0.0", **MTLS), {})
+    warning = check_exposure(public)
+    assert warning is not None and "NO BEARER TOKENS (no token key source)" in warning
+    assert f"server.tls_client_ca ({tls_pki.ca})" in warning and "0.0.0.0:8080" in warning
+    off = settings_from_mapping(
+        {**_tls(tls_pki, "0.0.0.0", **MTLS), "auth": {"enabled": False}}, {}
+    )
+    warning = check_exposure(off)
+    assert warning is not None and "([auth] enabled = false)" in warning
+    # Optional certificates authenticate nobody; HTTPS alone neither.
+    for server in ({**MTLS, "tls_client_cert": "optional"}, SERVER_FILES):
+        with pytest.raises(ConfigError, match=r"server.host: '0.0.0.0' is not a loopback"):
+            check_exposure(settings_from_mapping(_tls(tls_pki, "0.0.0.0", **server), {}))
+    # Tokens and client certificates together: both checked, nothing to warn about.
+    keys = {"jwks_file": str(jwks_file), "issuer": ISSUER, "audience": AUDIENCE}
+    both = settings_from_mapping({**_tls(tls_pki, "0.0.0.0", **MTLS), "auth": keys}, {})
+    assert check_exposure(both) is None
+
+
+def test_cli_check_config_with_tls(
+    tls_pki: Pki,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NCPEH_TLS_KEY_PASSWORD", raising=False)
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[server]\nhost = "0.0.0.0"\ntls_cert = "{tls_pki.server_cert}"\n'
+        f'tls_key = "{tls_pki.server_key}"\ntls_client_ca = "{tls_pki.ca}"\n'
+        f'[server.tls_client_identities]\n"{CLIENT_SUBJECT}" = "ncpeh-test"\n'
+        '[[sites]]\nid = "a"\nurl = "http://pacs/dicom-web"\n'
+    )
+    assert main(["check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "auth OFF; HTTPS (TLS 1.2+), client certificates required" in out
+    assert "1 subject(s) mapped" in out
+    assert "NO BEARER TOKENS" in caplog.text
+    config.write_text(
+        config.read_text().replace(str(tls_pki.server_key), str(tls_pki.encrypted_key))
+    )
+    assert main(["check-config", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "configuration error: server.tls_key:" in err
+    monkeypatch.setenv("NCPEH_TLS_KEY_PASSWORD", KEY_PASSWORD)
+    assert main(["check-config", "--config", str(config)]) == 0
