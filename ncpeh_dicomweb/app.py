@@ -25,6 +25,7 @@ from .web import (
     viewer,
     wado,
 )
+from .web.audit import add_request_id, audit_context, audit_middleware
 from .web.auth import auth_middlewares
 from .web.cors import add_cors_headers, cors_middleware
 from .web.keys import ACTIVE_STREAMS, BACKENDS, IMAGING_POOL, METADATA_CACHE, SETTINGS, STORE
@@ -46,12 +47,13 @@ def create_app(settings: Settings) -> web.Application:
     line = settings.limits.max_query_string + 4096
     app = web.Application(
         # Outermost first: errors (renders every refusal in the route's form) → client
-        # certificate (web/tls.py: only when asked; the audit reads it) → audit (later) → cors
-        # (answers preflights, before any token is asked) → auth (token and scope; off without
-        # a key source).
+        # certificate (web/tls.py: only when asked; the audit reads it) → audit (every data
+        # request, refused ones included, with its request id) → cors (answers preflights,
+        # before any token is asked) → auth (token and scope; off without a key source).
         middlewares=[
             error_middleware,
             *client_certificate_middlewares(settings),
+            audit_middleware,
             cors_middleware,
             *auth_middlewares(settings),
         ],
@@ -61,10 +63,12 @@ def create_app(settings: Settings) -> web.Application:
     app[BACKENDS] = {}
     app[ACTIVE_STREAMS] = set[asyncio.BaseTransport]()
     app[METADATA_CACHE] = MetadataCache(max_bytes=_METADATA_BYTES, ttl=_METADATA_TTL)
+    app.cleanup_ctx.append(audit_context)  # first in, last out: the last requests are recorded
     app.cleanup_ctx.append(_backends)
     app.cleanup_ctx.append(_imaging_pool)
     app.on_shutdown.append(_cut_streams)
     app.on_response_prepare.append(add_cors_headers)
+    app.on_response_prepare.append(add_request_id)
     for prefix in _PREFIXES:
         app.add_routes(qido.routes(prefix))
         app.add_routes(wado.routes(prefix))

@@ -66,6 +66,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
+from .security.audit.settings import AuditSettings
 from .security.jwks import MAX_BYTES, JwksError, parse_jwks
 from .security.scopes import CONFIGURABLE, DEFAULT_SCOPES, Interaction, is_scope_token
 from .security.tokens import DEFAULT_ALGORITHMS, SUPPORTED_ALGORITHMS
@@ -224,6 +225,8 @@ class Settings:
     # FHIR identifier system of patient identifiers → DICOM Issuer of Patient ID, both ways.
     patient_id_issuers: tuple[tuple[str, str], ...] = ()
     auth: AuthSettings = AuthSettings()
+    # The audit trail ([audit]): AuditEvents as JSON lines (default) and/or to syslog.
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     def site(self, site_id: str) -> Site | None:
         return next((s for s in self.sites if s.id == site_id), None)
@@ -257,10 +260,15 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
             "state",
             "fhir",
             "auth",
+            "audit",
         },
         "",
     )
     auth = auth_from_mapping(_table(raw, "auth"))
+    try:
+        audit = AuditSettings.from_mapping(_table(raw, "audit"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     state = _table(raw, "state")
     _no_unknown(state, {"sqlite", "database_url"}, "state.")
     database_url = _opt_str(state, "database_url", "state.")
@@ -319,6 +327,7 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
         else check_database_url(database_url, database_url_key),
         patient_id_issuers=tuple(sorted(issuers.items())),
         auth=auth,
+        audit=audit,
     )
 
 

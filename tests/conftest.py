@@ -190,6 +190,7 @@ def write_dimse_config(
     database_url: str | None = None,
     config_name: str = "gateway",
     auth: str = "",
+    audit: str = "",
 ) -> Path:
     """A gateway config: site "web" (the Orthanc DICOMweb root, for comparison) and four DIMSE
     sites on one PACS: {prefix}get, {prefix}move, and -nocache twins whose cache is too small to
@@ -221,6 +222,8 @@ def write_dimse_config(
             lines.append("cache_max_bytes = 1048576")
         sites.append("\n".join(lines))
     config = work / f"{config_name}.toml"
+    # The audit trail in the work dir (the lines of an [audit] section given replace it).
+    default_audit = f'jsonl_path = "{work / config_name}-audit.jsonl"'
     config.write_text(
         f'public_url = "http://127.0.0.1:{port}"\ndefault_site = "web"\n'
         f"[server]\nport = {port}\n"
@@ -231,6 +234,7 @@ def write_dimse_config(
         + (f'database_url = "{database_url}"\n' if database_url else "")
         + f'[fhir.patient_id_issuers]\n"{CZ_SYSTEM}" = "CZ-NCPEH"\n'
         + (f"[auth]\n{auth}\n" if auth else "")  # the lines of an [auth] section, if given
+        + f"[audit]\n{audit or default_audit}\n"
     )
     return config
 
@@ -288,6 +292,7 @@ def running_dimse_gateway(
     forget_destinations: bool = False,
     database_url: str | None = None,
     auth: str = "",
+    audit: str = "",
 ) -> Iterator[DimseGateway]:
     """A gateway process with the sites of :func:`write_dimse_config`, its C-MOVE destinations
     registered in Orthanc (through its REST API) first; removed again if asked."""
@@ -311,6 +316,7 @@ def running_dimse_gateway(
         store_ports=store_ports,
         database_url=database_url,
         auth=auth,
+        audit=audit,
     )
     log = work / "gateway.log"
     url = f"http://127.0.0.1:{port}"
