@@ -203,3 +203,62 @@ def test_sigterm_under_load_loses_no_event_and_rsyslog_gets_them_all(
     assert set(answered) <= {_request_id(event) for event in written}
     received = rsyslog.wait_for(ids, timeout=30)
     assert set(received) == ids, f"{len(ids) - len(received)} of {len(ids)} events lost"
+
+
+def test_events_made_while_the_audit_repository_is_down_arrive_when_it_is_back(
+    pacs: Pacs, rsyslog: Rsyslog, tmp_path: Path
+) -> None:
+    """rsyslog stopped while clients search: the events wait in the spool; started again, it
+    receives every event the file has (count sent = count received), the gateway never
+    stopping to answer."""
+    port = free_port()
+    jsonl = tmp_path / "audit.jsonl"
+    config = write_dimse_config(
+        tmp_path,
+        port,
+        pacs.dicomweb_root,
+        dimse_port=pacs.dicom_port,
+        dimse_aet=pacs.aet,
+        prefix="",
+        get_aets=("NCPEH-RST", "NCPEH-RST2"),
+        move_aets=("NCPEH-RSTM", "NCPEH-RSTM2"),
+        store_ports=(free_port(), free_port()),
+        audit="\n".join(
+            [
+                'sinks = ["jsonl", "syslog"]',
+                f'jsonl_path = "{jsonl}"',
+                'syslog_host = "127.0.0.1"',
+                f"syslog_port = {rsyslog.port}",
+                'syslog_transport = "tcp"',
+                f'spool_dir = "{tmp_path / "spool"}"',
+                "settle = 0.5",
+                "reconnect_max_delay = 0.5",
+            ]
+        ),
+        config_name="restart",
+    )
+    url = f"http://127.0.0.1:{port}"
+    proc = start_gateway(config, tmp_path / "restart.log", url)
+    try:
+        with requests.Session() as session:
+
+            def search(count: int) -> None:
+                for _ in range(count):
+                    answer = session.get(f"{url}/dicom-web/studies?limit=2", timeout=30)
+                    assert answer.status_code == 200
+
+            search(20)
+            rsyslog.stop()
+            try:
+                search(60)  # the repository is down: answers go on
+            finally:
+                rsyslog.start()
+            search(20)
+        written = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()]
+        ids = {event["id"] for event in written}
+        assert len(ids) >= 100
+        received = rsyslog.wait_for(ids, timeout=60)
+        assert set(received) == ids, f"{len(ids) - len(received)} of {len(ids)} events lost"
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
