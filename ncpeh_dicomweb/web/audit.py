@@ -16,16 +16,19 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from ..backends.base import DicomJson
+from ..dicomweb.dicomjson import first_value
 from ..errors import GatewayError
+from ..fhir.tokens import patient_resource_id
 from ..security.audit import Access, AuditTrail, Patient, interaction_for, query_names
 from .forwarded import is_trusted
-from .keys import CLIENT_CERTIFICATE, PRINCIPAL, SETTINGS
+from .keys import CLIENT_CERTIFICATE, PATIENT_BINDING, PRINCIPAL, SETTINGS
 from .streaming import STREAM_OUTCOME
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "add_request_id",
     "audit_context",
     "audit_middleware",
+    "note_datasets",
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -47,6 +51,7 @@ AUDIT_PATIENT = web.RequestKey("ncpeh.audit_patient", Patient)
 AUDIT_STUDIES: web.RequestKey[tuple[str, ...]] = web.RequestKey("ncpeh.audit_studies")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_MAX_STUDIES = 100  # study UIDs one event names (a search's page)
 _CLIENT_GONE = 499  # the nginx convention: the client closed the connection first
 _FHIR_TYPE = re.compile(r"/fhir/([A-Za-z]+)/\{id\}")
 
@@ -117,7 +122,7 @@ def _record(request: web.Request, request_id: str, start: datetime, status: int)
         client_address=request.remote,
         server_address=settings.public_url,
         site=info.get("site") or settings.default_site,
-        patient=request.get(AUDIT_PATIENT),
+        patient=request.get(AUDIT_PATIENT) or _bound_patient(request),
         studies=studies,
         series=tuple(filter(None, [info.get("series")])),
         instances=tuple(filter(None, [info.get("instance")])),
@@ -126,6 +131,35 @@ def _record(request: web.Request, request_id: str, start: datetime, status: int)
         reason="client-gone" if status == _CLIENT_GONE else None,
     )
     trail.record_access(access)
+
+
+def note_datasets(request: web.Request, datasets: Sequence[DicomJson]) -> None:
+    """Record, for the audit, the studies an answer was about (study-level DICOM JSON) and
+    their patient when there is exactly one."""
+    request[AUDIT_STUDIES] = tuple(
+        uid for uid in (first_value(d, "0020000D") for d in datasets) if isinstance(uid, str)
+    )[:_MAX_STUDIES]
+    patients = {
+        (str(first_value(d, "00100020") or ""), first_value(d, "00100021")) for d in datasets
+    }
+    if len(patients) == 1:
+        patient_id, issuer = patients.pop()
+        if patient_id:
+            issuer_text = str(issuer) if issuer else None
+            request[AUDIT_PATIENT] = Patient(
+                id=patient_id,
+                issuer=issuer_text,
+                fhir_id=patient_resource_id(patient_id, issuer_text),
+            )
+
+
+def _bound_patient(request: web.Request) -> Patient | None:
+    """The patient a patient-bound token was limited to: every answer was about them."""
+    binding = request.get(PATIENT_BINDING)
+    if binding is None:
+        return None
+    key = binding.patient
+    return Patient(id=key.patient_id, issuer=key.issuer, fhir_id=binding.resource_id)
 
 
 def _jti(claims: Mapping[str, Any]) -> str | None:

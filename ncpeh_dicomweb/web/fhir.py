@@ -50,6 +50,7 @@ from ..fhir.search import (
     to_qido,
 )
 from ..fhir.tokens import IssuerTable
+from .audit import note_datasets
 from .auth import allows_study, bound_qido, patient_binding
 from .fhir_site import (
     MAX_CANDIDATES,
@@ -104,6 +105,7 @@ async def search(request: web.Request) -> web.Response:
         total=len(studies),
     )
     entries = await _entries(request, site, query, page, fmt, issuers)
+    note_datasets(request, page)
     await request.app[STORE].remember(
         site.site_id, "ImagingStudy", [(site.resource_id(_uid(s)), _uid(s)) for s in page]
     )
@@ -298,6 +300,7 @@ async def _read_study(request: web.Request, fmt: FhirFormat) -> dict[str, Any]:
             raise Gone("the study is no longer available", detail={"id": resource_id})
         raise NotFound("no such ImagingStudy", detail={"id": resource_id[:64]})
     study = await _with_detail(site, studies[0])
+    note_datasets(request, [study])
     series = (await _lower(request, site, Level.SERIES, [study])).get(uid, [])
     instances = (await _lower(request, site, Level.INSTANCE, [study])).get(uid, [])
     await store.remember(site.site_id, "ImagingStudy", [(resource_id, uid)])

@@ -110,10 +110,16 @@ def test_each_data_request_gives_one_valid_event(
         assert event["outcome"] == outcome, url
         assert event["type"]["code"] == "rest"
         text = json.dumps(event)
-        assert "456789123" not in text or "patient.identifier" not in text  # no query values
+        assert "|456789123" not in text and "DE1000234&" not in text  # no query values
         if headers.get("Authorization", "").startswith("Bearer ey"):
             whos = [a.get("who", {}).get("identifier", {}).get("value") for a in event["agent"]]
             assert "dr-who" in whos and "ncp-cz" in whos
+    # A FHIR read names the study and its patient.
+    read = requests.get(f"{gw.url}/fhir/ImagingStudy/{study}", headers=_token(), timeout=60)
+    (event,) = _events(log, read.headers["X-Request-ID"])
+    patients = [e for e in event["entity"] if e.get("role", {}).get("code") == "1"]
+    assert patients[0]["what"]["identifier"]["value"] == "DE1000234"
+    assert f"urn:oid:{study}" in json.dumps(event)
     # Health needs no audit.
     health = requests.get(f"{gw.url}/health/live", timeout=10)
     assert _events(log, health.headers.get("X-Request-ID", "absent"), timeout=0.5) == []
