@@ -45,6 +45,7 @@ __all__ = [
     "UnsupportedMediaType",
     "UpstreamRejected",
     "UriTooLong",
+    "sendable",
     "warning_value",
 ]
 
@@ -53,6 +54,29 @@ def warning_value(text: str) -> str:
     """A ``Warning: 299`` header value (RFC 7234 5.5, as PS3.18 8.3.3.1 uses it)."""
     quoted = text.replace("\\", "\\\\").replace('"', '\\"')
     return f'299 ncpeh-dicomweb "{quoted}"'
+
+
+def sendable(text: str) -> str:
+    """``text`` as it can be sent in a JSON body (UTF-8): a lone surrogate, which is what a
+    header byte that is not UTF-8 becomes once aiohttp decodes it (``surrogateescape``), is
+    written as its escape ``\\udcff``; anything else is kept."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _sendable_value(value: object) -> object:
+    if isinstance(value, str):
+        return sendable(value)
+    if isinstance(value, list):
+        return [_sendable_value(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_sendable_value(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _sendable_value(v) for k, v in value.items()}
+    return value
 
 
 class GatewayError(Exception):
@@ -68,9 +92,10 @@ class GatewayError(Exception):
         detail: Mapping[str, object] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        message = sendable(message)
         super().__init__(message)
         self.message = message
-        self.detail: dict[str, object] = dict(detail or {})
+        self.detail: dict[str, object] = {k: _sendable_value(v) for k, v in (detail or {}).items()}
         self.headers: dict[str, str] = dict(headers or {})
 
     def body(self) -> dict[str, object]:

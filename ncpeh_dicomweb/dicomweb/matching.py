@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import replace
-from functools import lru_cache
 from typing import Any
 
 from .query import MatchKey, MatchKind
@@ -118,7 +117,7 @@ def _text_matches(text: str, pattern: str, kind: MatchKind) -> bool:
     # Case-insensitive, as the PACS the gateway fronts match (Orthanc, dcm4chee): a loosened
     # key checked here must not answer differently from the same key matched upstream.
     if kind is MatchKind.WILDCARD or "*" in pattern or "?" in pattern:
-        return _wildcard(pattern).fullmatch(text) is not None
+        return _wildcard_matches(pattern, text)
     return text.casefold() == pattern.casefold()
 
 
@@ -133,7 +132,30 @@ def _as_text(value: Any, vr: str) -> str | None:
     return None
 
 
-@lru_cache(maxsize=256)
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(body, re.DOTALL | re.IGNORECASE)
+def _wildcard_matches(pattern: str, text: str) -> bool:
+    """``text`` matches the whole of ``pattern`` (``*`` any run, ``?`` one character; PS3.4
+    C.2.2.2.4), each character compared case-folded.
+
+    In at most ``len(pattern) * len(text)`` steps: on a mismatch only the last ``*`` seen takes
+    one more character. A regular expression (``.*a.*a.*b``) backtracks into every earlier
+    ``*`` as well, which takes time exponential in their number: a query value of a few dozen
+    characters (``*a*a*a*a*a*a*a*a*b?``) against a 64-character name would hold the event loop
+    for minutes.
+    """
+    pat = [c.casefold() for c in pattern]
+    txt = [c.casefold() for c in text]
+    p = t = 0
+    star, resumed = -1, 0
+    while t < len(txt):
+        if p < len(pat) and pat[p] == "*":
+            star, resumed = p, t
+            p += 1
+        elif p < len(pat) and (pat[p] == "?" or pat[p] == txt[t]):
+            p += 1
+            t += 1
+        elif star >= 0:  # let the last `*` take one more character
+            resumed += 1
+            p, t = star + 1, resumed
+        else:
+            return False
+    return all(c == "*" for c in pat[p:])

@@ -28,8 +28,9 @@ Decisions, beyond what the standards fix:
 * Parsing is tolerant: an Accept element that cannot be parsed (bad type/subtype, or a
   ``q`` that is not a number from 0 to 1) is skipped rather than rejecting the request,
   since the other elements may still name something we offer. Only a header in which no
-  element parses at all is a 400. Parameters without ``=`` are ignored, and so are
-  parameters an offer does not know (``boundary=`` in an Accept, say).
+  element parses at all is a 400, and one of more than ``MAX_RANGES`` (128) different
+  elements (a repeated element counts once). Parameters without ``=`` are ignored, and so
+  are parameters an offer does not know (``boundary=`` in an Accept, say).
 * Legacy ``*`` (Java's default Accept) is read as ``*/*``.
 """
 

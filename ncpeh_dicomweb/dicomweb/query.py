@@ -26,6 +26,7 @@ __all__ = [
     "IGNORED_PARAMS",
     "MAX_KEYS",
     "MAX_OFFSET",
+    "MAX_PARAMS",
     "MAX_PATH_DEPTH",
     "MAX_VALUE_LENGTH",
     "MatchKey",
@@ -38,6 +39,7 @@ __all__ = [
 
 MAX_VALUE_LENGTH = 1024  # characters in one parameter name or value
 MAX_KEYS = 64  # match parameters in one query (each repetition counts)
+MAX_PARAMS = 256  # parameters of any kind in one query (reserved and ignored ones included)
 MAX_PATH_DEPTH = 8  # attributes in one dotted sequence path
 MAX_OFFSET = 2**31 - 1  # what upstream servers parse safely
 IGNORED_PARAMS = frozenset({"_"})  # cache-busters added by browsers' XHR libraries
@@ -324,13 +326,19 @@ def parse_qido(
 ) -> QidoQuery:
     """Validate QIDO-RS query parameters (PS3.18 8.3.4) for a search at ``level`` (10.6.1).
 
-    ``params`` are percent-decoded (name, value) pairs in order. Matching follows PS3.4
+    ``params`` are percent-decoded (name, value) pairs in order, at most :data:`MAX_PARAMS`
+    of them (:data:`MAX_KEYS` matching keys among them). Matching follows PS3.4
     C.2.2.2. Reserved names are case-insensitive, as ABNF literals are (RFC 5234 2.3).
     ``limit=0`` is valid (``uint`` in PS3.18 Table 8.3.4-1) and asks for no result; a limit
     above ``max_limit`` is capped with a warning. Anything malformed raises
     :class:`InvalidQuery` (400) naming the parameter. ``max_value_length`` bounds what a
     client may send; the gateway's own queries (UID lists of 100) pass a larger one.
     """
+    params = list(params)
+    if len(params) > MAX_PARAMS:
+        # Refused before any is read: thousands of "_=1" or "includefield=x" are work too.
+        name, value = params[MAX_PARAMS]
+        _fail(name, value, f"a query may hold at most {MAX_PARAMS} parameters")
     parser = _Parser(level, max_limit)
     for name, value in params:
         for text in (name, value):

@@ -55,14 +55,18 @@ class PixelLayout:
 def parse_frame_list(text: str) -> tuple[int, ...]:
     """``1,3,2`` → (1, 3, 2), in the order asked (PS3.18 10.4.1.1.4: a comma-separated list).
 
-    Raises ValueError for anything but positive integers.
+    Raises ValueError for anything but positive integers, and for a frame asked twice: each
+    would be sent again, so a URL of a few kilobytes (``1,1,1,...``) could ask for thousands
+    of copies of one frame (decoded each time if it must be).
     """
-    numbers = []
+    numbers: dict[int, None] = {}
     for piece in text.split(","):
         piece = piece.strip()
         if not piece.isdigit() or int(piece) < 1 or len(piece) > 9:
             raise ValueError(f"not a frame number: {piece[:20]!r}")
-        numbers.append(int(piece))
+        if int(piece) in numbers:
+            raise ValueError(f"frame {int(piece)} is asked more than once")
+        numbers[int(piece)] = None
     return tuple(numbers)
 
 

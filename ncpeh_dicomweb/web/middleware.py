@@ -17,7 +17,7 @@ from ..fhir.outcome import operation_outcome, outcome_for_status
 from .keys import abort_connection
 from .responses import json_response
 
-__all__ = ["AccessLogger", "RedactServerErrors", "error_middleware"]
+__all__ = ["AccessLogger", "RedactServerErrors", "error_middleware", "loggable"]
 
 log = logging.getLogger("ncpeh_dicomweb.web")
 
@@ -56,7 +56,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except GatewayError as exc:
         if exc.status >= 500:
-            log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
+            log.warning(
+                "%s %s -> %d %s", request.method, loggable(request.path), exc.status, exc.message
+            )
         if _FHIR_PATH.match(request.path) and not _VENDOR_PATH.match(request.path):
             response = _fhir_json(operation_outcome(exc), exc.status)
         else:
@@ -74,7 +76,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except Exception:
         # A bug of ours: logged with its traceback for us, a plain 500 for the client.
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, loggable(request.path))
         if request.writer is not None and request.writer.output_size > 0:
             # Part of an answer is out: a second response would corrupt the stream.
             abort_connection(request)
@@ -83,15 +85,34 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _render(request, 500, body)
 
 
+# What a decoded path may hold that would let a client write lines of its own into the log
+# (CR, LF, NEL, U+2028/9), hide text (other controls) or break the log's encoding (a lone
+# surrogate); the backslash too, so that an escape in the log is always ours.
+_UNLOGGABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\\\u2028\u2029\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    if match[0] == "\\":
+        return "\\\\"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def loggable(text: str) -> str:
+    """``text`` (a decoded request path) safe to write in one log line: see _UNLOGGABLE."""
+    return _UNLOGGABLE.sub(_escape, text)
+
+
 class AccessLogger(AbstractAccessLogger):
-    """One line per request without the query string: QIDO queries carry patient data."""
+    """One line per request without the query string: QIDO queries carry patient data. The
+    path is written with :func:`loggable`: ``%0D%0A`` in it cannot start a forged line."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_: float) -> None:
         self.logger.info(
             '%s "%s %s" %d %d %.1fms',
             request.remote,
             request.method,
-            request.path,
+            loggable(request.path),
             response.status,
             response.body_length,
             time_ * 1000,

@@ -59,7 +59,12 @@ async def stream_parts(
             if transport is not None:
                 streams.add(transport)
             await response.prepare(request)  # the client may be gone already (a viewer's prefetch)
-            await _write(response, boundary, part_type, first, events)
+            if request.method == "HEAD":
+                # RFC 9110 9.3.2: the headers a GET would get, no body (it has no framing:
+                # written, it would be read as the next response); the retrieve stops here.
+                await response.write_eof()
+            else:
+                await _write(response, boundary, part_type, first, events)
             outcome = "complete"
         except ConnectionError:
             outcome = "client-gone"

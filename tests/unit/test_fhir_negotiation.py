@@ -3,6 +3,7 @@ against the headers real clients send."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from fhir.resources.parameters import Parameters as ParametersR5
 from fhir.resources.R4B.parameters import Parameters as ParametersR4
@@ -17,6 +18,7 @@ from ncpeh_dicomweb.fhir.negotiation import (
     negotiate_fhir,
     versions_parameters,
 )
+from ncpeh_dicomweb.fhir.outcome import operation_outcome
 
 CURL = "*/*"
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8"
@@ -257,3 +259,23 @@ def test_r5_only_resources_refuse_an_explicit_r4(
 ) -> None:
     with pytest.raises(NotAcceptable, match="exists only in FHIR R5"):
         negotiate_fhir(accept, format_param, versions=("R5",))
+
+
+@pytest.mark.parametrize(
+    ("accept", "format_param"),
+    [
+        ("application/fhir+json; fhirVersion=\udcff", None),  # b"\xff" as aiohttp decodes it
+        ("\udcff/\udcfe", None),
+        (None, "\ud800"),
+        (None, "json; fhirVersion=\udcff"),
+    ],
+)
+def test_bytes_that_are_not_utf8_are_refused_sendably(
+    accept: str | None, format_param: str | None
+) -> None:
+    """Regression: lone surrogates were echoed in the message and detail of the 400/406, and
+    the JSON encoder of the OperationOutcome raised (a 500)."""
+    with pytest.raises((BadRequest, NotAcceptable)) as caught:
+        negotiate_fhir(accept, format_param)
+    orjson.dumps(operation_outcome(caught.value))
+    orjson.dumps(caught.value.body())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
 import pytest
 from pydicom.sr._concepts_dict import concepts
 
@@ -13,6 +14,7 @@ from ncpeh_dicomweb.dicomweb.query import parse_qido
 from ncpeh_dicomweb.errors import BadRequest
 from ncpeh_dicomweb.fhir import mapping
 from ncpeh_dicomweb.fhir.bodysite import BODY_PART_SNOMED
+from ncpeh_dicomweb.fhir.outcome import operation_outcome
 from ncpeh_dicomweb.fhir.search import (
     INCLUDES,
     INSTANCE_INCLUDEFIELDS,
@@ -838,3 +840,21 @@ def test_body_part_table_covers_the_brief() -> None:
         "KNEE",
     ):
         assert term in BODY_PART_SNOMED
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        [("patient\udcff", "x")],
+        [("_count", "\ud800")],
+        [("started", "2024\udcff")],
+        [("identifier", "a|b|\udcff")],
+        [("modality", "\x00\ud800")],
+    ],
+)
+def test_bytes_that_are_not_utf8_are_refused_sendably(params: list[tuple[str, str]]) -> None:
+    """Regression: a lone surrogate in a refused parameter was echoed in ``detail`` as it
+    was, and the JSON encoder of the OperationOutcome raised (a 500)."""
+    with pytest.raises(BadRequest) as caught:
+        parse_study_search(params, strict=True)
+    orjson.dumps(operation_outcome(caught.value))

@@ -38,16 +38,25 @@ SWAPPED = ["MR_small_bigendian.dcm", "rtdose_expb.dcm", "liver_1frame.dcm"]
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("1", (1,)), ("3,1,2", (3, 1, 2)), ("2, 2", (2, 2)), ("10", (10,))],
+    [("1", (1,)), ("3,1,2", (3, 1, 2)), ("2, 3", (2, 3)), ("10", (10,))],
 )
 def test_frame_lists(text: str, expected: tuple[int, ...]) -> None:
     assert parse_frame_list(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "0", "-1", "1,", "a", "1.5", "1;2", "9999999999"])
+@pytest.mark.parametrize(
+    "text", ["", "0", "-1", "1,", "a", "1.5", "1;2", "9999999999", "2, 2", "1,2,1"]
+)
 def test_bad_frame_lists(text: str) -> None:
     with pytest.raises(ValueError, match="frame"):
         parse_frame_list(text)
+
+
+def test_a_frame_asked_thousands_of_times_is_refused() -> None:
+    """Regression: ``frames/1,1,1,...`` (3000 times, a 6 kB URL) was answered with 3000
+    copies of frame 1, 99.5 MB for a 32 kB frame (and 3000 decodes of a compressed one)."""
+    with pytest.raises(ValueError, match="frame 1 is asked more than once"):
+        parse_frame_list(",".join(["1"] * 3000))
 
 
 @pytest.mark.parametrize("name", ENCAPSULATED)

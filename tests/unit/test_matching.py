@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ncpeh_dicomweb.dicomweb.attributes import Level
 from ncpeh_dicomweb.dicomweb.matching import key_matches, loosen_for_upstream, loosen_wildcards
@@ -181,3 +185,35 @@ def test_loosened_keys_keep_every_match(pattern: str) -> None:
         for name in NAMES:
             if key_matches(_named(name), key):
                 assert key_matches(_named(name), wide), (loosen.__name__, name)
+
+
+# ---------------------------------------------------------------- wildcard matching in linear time
+
+
+def test_many_wildcards_match_in_linear_time() -> None:
+    """Regression: ``*a*a*a*a*a*a*a*a*b?`` (loosened to ``*a*...*b*`` upstream, so the PACS
+    returns a name ending in b) was a regular expression whose backtracking took minutes
+    against a 64-character value, holding the event loop; now it is a few thousand steps."""
+    key = _key("PatientName", "*a" * 12 + "*b?")
+    name = _named("a" * 63 + "b")
+    started = time.perf_counter()
+    assert not key_matches(name, key)
+    assert key_matches(_named("a" * 62 + "bc"), key)
+    assert time.perf_counter() - started < 0.5
+
+
+def _regex_matches(pattern: str, text: str) -> bool:
+    """What the matcher answered before: a regular expression (exponential in ``*``)."""
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(body, text, re.DOTALL | re.IGNORECASE) is not None
+
+
+_GLOB_CHARS = st.sampled_from(["*", "?", "a", "A", "b", "é", "É", "^", " ", "\n", "ß"])
+_TEXT_CHARS = st.sampled_from(["a", "A", "b", "é", "É", "^", " ", "\n", "ß", "*", "?"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(pattern=st.text(_GLOB_CHARS, max_size=8), text=st.text(_TEXT_CHARS, max_size=10))
+def test_wildcard_matching_answers_as_the_regular_expression_did(pattern: str, text: str) -> None:
+    key = MatchKey((0x00100010,), "PN", MatchKind.WILDCARD, pattern)
+    assert key_matches(_named(text), key) is _regex_matches(pattern, text)

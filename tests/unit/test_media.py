@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
+import orjson
 import pytest
 
 from ncpeh_dicomweb.dicomweb import transfer_syntaxes
+from ncpeh_dicomweb.dicomweb.accept import MAX_RANGES
 from ncpeh_dicomweb.dicomweb.media import (
     DICOM,
     DICOM_JSON,
@@ -1033,3 +1036,45 @@ def test_negotiate_rendered_not_acceptable(header: str, fragment: str) -> None:
 )
 def test_negotiate_dicom_json_real_clients(header: str | None, expected: str) -> None:
     assert negotiate_dicom_json(header) == expected
+
+
+@pytest.mark.parametrize(
+    ("negotiator", "header", "error"),
+    [
+        (negotiate_dicom_json, "\udcff\udcfe/x", BadRequest),  # b"\xff\xfe/x", decoded
+        (negotiate_dicom_json, "application/dicom+json; charset=\udcff", NotAcceptable),
+        (negotiate_instances, 'multipart/related; type="\udcff/x"', NotAcceptable),
+        (negotiate_instances, "multipart/related; transfer-syntax=\udcff", NotAcceptable),
+    ],
+)
+def test_accept_with_bytes_that_are_not_utf8_is_refused_sendably(
+    negotiator: Callable[[str], object], header: str, error: type[Exception]
+) -> None:
+    """Regression: aiohttp decodes header bytes that are not UTF-8 as lone surrogates; they
+    were echoed in the 400/406 body as they were, and its JSON encoder raised (a 500)."""
+    with pytest.raises(error) as caught:
+        negotiator(header)
+    assert isinstance(caught.value, BadRequest | NotAcceptable)
+    body = orjson.loads(orjson.dumps(caught.value.body()))
+    assert "\\udcff" in str(body)
+
+
+def test_a_repeated_range_counts_once() -> None:
+    """Regression: 16 kB of ``image/*,`` (1672 ranges) cost 80 ms of the event loop in
+    negotiate_instances (each range against each of its 40 offers, then a reason for each)."""
+    header = "image/*," * 1672
+    started = time.perf_counter()
+    with pytest.raises(NotAcceptable) as caught:
+        negotiate_instances(header)
+    assert time.perf_counter() - started < 0.02
+    assert caught.value.message.count("image/*") == 1
+    assert negotiate_dicom_json("a/b;q=0.1, " * 1200 + DICOM_JSON) == DICOM_JSON
+    assert parse_accept("image/png, " * 500) == parse_accept("image/png")
+
+
+def test_more_than_max_ranges_different_ranges_are_refused() -> None:
+    header = ", ".join(f"x{i}/y{i};q=0.5" for i in range(MAX_RANGES + 1))
+    with pytest.raises(BadRequest, match=f"more than {MAX_RANGES} media ranges"):
+        negotiate_dicom_json(header)
+    at_most = ", ".join(f"x{i}/y{i};q=0.5" for i in range(MAX_RANGES - 1)) + ", */*"
+    assert negotiate_dicom_json(at_most) == DICOM_JSON

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import orjson
 import pytest
 
 from ncpeh_dicomweb.dicomweb.attributes import (
@@ -23,6 +24,7 @@ from ncpeh_dicomweb.dicomweb.attributes import (
 from ncpeh_dicomweb.dicomweb.query import (
     MAX_KEYS,
     MAX_OFFSET,
+    MAX_PARAMS,
     MAX_VALUE_LENGTH,
     MatchKey,
     MatchKind,
@@ -31,7 +33,7 @@ from ncpeh_dicomweb.dicomweb.query import (
     parse_qido,
     to_params,
 )
-from ncpeh_dicomweb.errors import InvalidQuery
+from ncpeh_dicomweb.errors import InvalidQuery, sendable
 
 STUDY_INSTANCE_UID = 0x0020000D
 PATIENT_ID = 0x00100020
@@ -654,7 +656,8 @@ def test_cache_buster_is_ignored() -> None:
 )
 def test_oversized_or_control_characters(name: str, value: str) -> None:
     error = rejected([(name, value)])
-    assert error.detail == {"parameter": name[:256], "value": value[:80]}
+    # Echoed as sent, a lone surrogate as its escape (JSON cannot carry it).
+    assert error.detail == {"parameter": sendable(name[:256]), "value": sendable(value[:80])}
 
 
 def test_value_of_maximum_length_is_accepted() -> None:
@@ -667,6 +670,28 @@ def test_too_many_keys() -> None:
     error = rejected([*uids, ("PatientID", "P")])
     assert error.detail["parameter"] == "PatientID"
     assert str(MAX_KEYS) in error.message
+
+
+@pytest.mark.parametrize(
+    "repeated",
+    [("_", "1"), ("includefield", "PatientID"), ("a", ""), ("SOPInstanceUID", "1.2.3")],
+)
+def test_thousands_of_parameters_are_refused_naming_the_limit(repeated: tuple[str, str]) -> None:
+    """Regression: 4000 ``_=1`` (ignored) or ``includefield`` were all read; a malformed one
+    was refused for what it was, not for the count. The count is checked first."""
+    assert parse([repeated] * 2 if repeated[0] != "a" else [("_", "1")] * MAX_PARAMS)
+    error = rejected([repeated] * 4000)
+    assert str(MAX_PARAMS) in error.message and "parameters" in error.message
+    assert error.detail["parameter"] == repeated[0]
+
+
+def test_surrogates_in_a_refused_value_can_be_sent() -> None:
+    """Regression: a lone surrogate (what a byte that is not UTF-8 becomes once decoded with
+    ``surrogateescape``) was echoed in ``detail`` as is, and the JSON encoder of the error
+    response raised (a 500)."""
+    error = rejected([("PatientID\udcff", "\ud800")])
+    orjson.dumps(error.body())
+    assert error.detail == {"parameter": "PatientID\\udcff", "value": "\\ud800"}
 
 
 # --- the model ------------------------------------------------------------------------------
