@@ -11,6 +11,7 @@ from aiohttp import web
 from .backends.base import Backend
 from .backends.dicomweb import DicomWebBackend
 from .backends.dimse.backend import DimseBackend
+from .backends.rejections import RejectionFilter
 from .config import DicomWebSite, Settings, Site
 from .imaging.pool import ImagingPool
 from .state import open_store
@@ -31,6 +32,7 @@ from .web.cors import add_cors_headers, cors_middleware
 from .web.keys import ACTIVE_STREAMS, BACKENDS, IMAGING_POOL, METADATA_CACHE, SETTINGS, STORE
 from .web.metadata_cache import MetadataCache
 from .web.middleware import error_middleware
+from .web.server import add_server_header
 from .web.tls import client_certificate_middlewares
 
 __all__ = ["create_app"]
@@ -69,6 +71,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_cut_streams)
     app.on_response_prepare.append(add_cors_headers)
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(add_server_header)  # no Python/aiohttp versions
     for prefix in _PREFIXES:
         app.add_routes(qido.routes(prefix))
         app.add_routes(wado.routes(prefix))
@@ -124,6 +127,15 @@ async def _imaging_pool(app: web.Application) -> AsyncIterator[None]:
 
 
 def _backend(site: Site) -> Backend:
+    inner: Backend
     if isinstance(site, DicomWebSite):
-        return DicomWebBackend.create(site)
-    return DimseBackend.create(site)
+        inner = DicomWebBackend.create(site)
+    else:
+        inner = DimseBackend.create(site)
+    if not site.iocm:
+        return inner
+    # IHE IOCM: what the PACS's rejection notes reject (and the notes) is never served; the
+    # notes are read from start-up on, in the background.
+    iocm = RejectionFilter(inner, refresh_seconds=site.iocm_refresh_seconds)
+    iocm.warm_up()
+    return iocm

@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from aiohttp import web
-
 from .app import create_app
 from .config import (
     AuthSettings,
@@ -30,6 +28,7 @@ from .config import (
 )
 from .state import StoreOpenError
 from .web.middleware import AccessLogger, RedactServerErrors
+from .web.server import serve
 from .web.tls import server_context
 
 __all__ = ["main"]
@@ -184,14 +183,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     logging.getLogger(__name__).info("%s", _transport(settings))
     try:
-        web.run_app(
+        # web.run_app, with our refusals of malformed requests and a request-head timeout.
+        serve(
             create_app(settings),
             host=settings.host,
             port=settings.port,
             ssl_context=ssl_context,
+            head_timeout=settings.request_header_timeout,
             access_log_class=AccessLogger,
-            print=lambda text: print(text, flush=True),
-            handle_signals=True,
+            print_=lambda text: print(text, flush=True),
         )
     except StoreOpenError as exc:
         print(f"ncpeh-dicomweb: state store: {exc}", file=sys.stderr)

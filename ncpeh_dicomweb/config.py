@@ -11,6 +11,7 @@ Example::
     [server]
     host = "0.0.0.0"
     port = 8080
+    request_header_timeout = 15              # seconds a client may take to send a request head
     tls_cert = "/etc/ncpeh/server.pem"       # optional: serve HTTPS (PEM certificate chain)
     tls_key = "/etc/ncpeh/server.key"        # its key (passphrase: NCPEH_TLS_KEY_PASSWORD)
     tls_client_ca = "/etc/ncpeh/clients-ca.pem"  # optional: verify client certificates
@@ -45,6 +46,8 @@ Example::
     #   NCPEH_SITE_CENTRAL_PASSWORD, NCPEH_SITE_CENTRAL_TOKEN
     auth = "basic"
     username = "gateway"
+    iocm = true                  # hide IHE IOCM rejected instances and notes (default)
+    iocm_refresh_seconds = 30    # read the PACS's rejection notes again this often (0: always)
 """
 
 from __future__ import annotations
@@ -119,6 +122,10 @@ class DicomWebSite:
     # Other URL prefixes the PACS may write into its answers (e.g. its own idea of its
     # public address); rewritten to the gateway's URL like ``url`` itself.
     url_aliases: tuple[str, ...] = ()
+    # IHE IOCM: instances rejected by a rejection note in the PACS (and the notes) are never
+    # served (backends/rejections.py); the notes are read again this often (0: every request).
+    iocm: bool = True
+    iocm_refresh_seconds: float = 30.0
     kind: Literal["dicomweb"] = "dicomweb"
 
 
@@ -141,6 +148,8 @@ class DimseSite:
     operation_timeout: float = 3600.0  # a whole C-GET / C-MOVE
     cache_dir: str | None = None  # None: a private temporary directory, removed at exit
     cache_max_bytes: int = 2 << 30
+    iocm: bool = True  # as DicomWebSite.iocm
+    iocm_refresh_seconds: float = 30.0
     kind: Literal["dimse"] = "dimse"
 
 
@@ -211,6 +220,8 @@ class Settings:
     public_url: str | None = None  # None: derived from each request's Host and scheme
     host: str = "127.0.0.1"
     port: int = 8080
+    # Seconds a client may take to send a request's head (slowloris); web/server.py.
+    request_header_timeout: float = 15.0
     tls: TlsSettings | None = None  # HTTPS ([server] tls_*); None: plain HTTP
     limits: Limits = Limits()
     viewer_dir: str | None = None  # OHIF's prebuilt dist/, served at /viewer/; None: no viewer
@@ -283,7 +294,11 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
     ):
         raise ConfigError("fhir.patient_id_issuers: a table of FHIR system = DICOM issuer")
     server = _table(raw, "server")
-    _no_unknown(server, {"host", "port", "cors_origins", "trusted_proxies", *_TLS_KEYS}, "server.")
+    _no_unknown(
+        server,
+        {"host", "port", "request_header_timeout", "cors_origins", "trusted_proxies", *_TLS_KEYS},
+        "server.",
+    )
     limits_raw = _table(raw, "limits")
     _no_unknown(limits_raw, {"qido_max_results", "max_query_string"}, "limits.")
     viewer = _table(raw, "viewer")
@@ -308,6 +323,7 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
         public_url=public_url,
         host=_opt_str(server, "host", "server.") or "127.0.0.1",
         port=_int(server, "port", "server.", 8080, 0, 65535),
+        request_header_timeout=_number(server, "request_header_timeout", "server.", 15.0, 1, 3600),
         tls=tls_from_mapping(server, env),
         limits=Limits(
             qido_max_results=_int(limits_raw, "qido_max_results", "limits.", 1000, 1, 100_000),
@@ -700,6 +716,8 @@ _SITE_KEYS = {
     "password",
     "token",
     "url_aliases",
+    "iocm",
+    "iocm_refresh_seconds",
 }
 
 
@@ -747,6 +765,8 @@ def _site(raw: object, index: int, env: Mapping[str, str]) -> Site:
         password=password,
         token=token,
         url_aliases=tuple(check_http_url(a, where + "url_aliases") for a in aliases),
+        iocm=_bool(raw, "iocm", where, True),
+        iocm_refresh_seconds=_number(raw, "iocm_refresh_seconds", where, 30.0, 0, 86400),
     )
 
 
@@ -767,6 +787,8 @@ _DIMSE_KEYS = {
     "operation_timeout",
     "cache_dir",
     "cache_max_bytes",
+    "iocm",
+    "iocm_refresh_seconds",
 }
 _AET = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 AE VR: no backslash, no control chars
 
@@ -801,6 +823,8 @@ def _dimse_site(raw: Mapping[str, Any], site_id: str, where: str) -> DimseSite:
         operation_timeout=_float(raw, "operation_timeout", where, 3600.0),
         cache_dir=_opt_str(raw, "cache_dir", where),
         cache_max_bytes=_int(raw, "cache_max_bytes", where, 2 << 30, 1 << 20, 1 << 50),
+        iocm=_bool(raw, "iocm", where, True),
+        iocm_refresh_seconds=_number(raw, "iocm_refresh_seconds", where, 30.0, 0, 86400),
     )
 
 
@@ -842,6 +866,13 @@ def _int(raw: Mapping[str, Any], key: str, where: str, default: int, lo: int, hi
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ConfigError(f"{where}{key}: must be an integer in [{lo}, {hi}], not {value!r}")
+    return value
+
+
+def _bool(raw: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}{key}: must be true or false, not {value!r}")
     return value
 
 

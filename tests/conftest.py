@@ -191,12 +191,16 @@ def write_dimse_config(
     config_name: str = "gateway",
     auth: str = "",
     audit: str = "",
+    iocm_refresh: float | None = None,
 ) -> Path:
     """A gateway config: site "web" (the Orthanc DICOMweb root, for comparison) and four DIMSE
     sites on one PACS: {prefix}get, {prefix}move, and -nocache twins whose cache is too small to
-    keep a study (every retrieve goes to the PACS). Its store is ``work/state.sqlite3``, or the
-    PostgreSQL database ``database_url``; the file is ``work/{config_name}.toml``."""
-    sites = [f'[[sites]]\nid = "web"\nurl = "{web_root}"']
+    keep a study (every retrieve goes to the PACS; no IOCM filter). Its store is
+    ``work/state.sqlite3``, or the PostgreSQL database ``database_url``; the file is
+    ``work/{config_name}.toml``. ``iocm_refresh``: every site's ``iocm_refresh_seconds``
+    (default: the gateway's)."""
+    iocm = "" if iocm_refresh is None else f"\niocm_refresh_seconds = {iocm_refresh}"
+    sites = [f'[[sites]]\nid = "web"\nurl = "{web_root}"{iocm}']
     variants = [
         ("get", "c-get", get_aets[0], None, False),
         ("move", "c-move", move_aets[0], store_ports[0], False),
@@ -219,8 +223,9 @@ def write_dimse_config(
         if store_port is not None:
             lines.append(f"store_port = {store_port}")
         if small:
-            lines.append("cache_max_bytes = 1048576")
-        sites.append("\n".join(lines))
+            # Their counters count the clients' retrieves only: no IOCM reading of KO series.
+            lines += ["cache_max_bytes = 1048576", "iocm = false"]
+        sites.append("\n".join(lines) + iocm)
     config = work / f"{config_name}.toml"
     # The audit trail in the work dir (the lines of an [audit] section given replace it).
     default_audit = f'jsonl_path = "{work / config_name}-audit.jsonl"'
@@ -277,7 +282,9 @@ def stop_gateway(proc: subprocess.Popen[bytes], log: Path) -> None:
 def dimse_gateway(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseGateway]:
     work = tmp_path_factory.mktemp("dimse-gateway")
     get_aets, move_aets = ("NCPEH-GET", "NCPEH-GET2"), (MOVE_AET, f"{MOVE_AET}2")
-    with running_dimse_gateway(pacs, work, "", get_aets, move_aets) as gateway:
+    # IOCM notes read at start and then hourly: tests counting what the PACS is asked see no
+    # reading of them in between (test_iocm.py has a gateway of its own reading them always).
+    with running_dimse_gateway(pacs, work, "", get_aets, move_aets, iocm_refresh=3600) as gateway:
         yield gateway
 
 
@@ -293,6 +300,7 @@ def running_dimse_gateway(
     database_url: str | None = None,
     auth: str = "",
     audit: str = "",
+    iocm_refresh: float | None = None,
 ) -> Iterator[DimseGateway]:
     """A gateway process with the sites of :func:`write_dimse_config`, its C-MOVE destinations
     registered in Orthanc (through its REST API) first; removed again if asked."""
@@ -317,6 +325,7 @@ def running_dimse_gateway(
         database_url=database_url,
         auth=auth,
         audit=audit,
+        iocm_refresh=iocm_refresh,
     )
     log = work / "gateway.log"
     url = f"http://127.0.0.1:{port}"

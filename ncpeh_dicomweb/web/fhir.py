@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from ..backends.base import DicomJson, Scope, Target
+from ..backends.rejections import rejected_study
 from ..dicomweb.attributes import Level
 from ..dicomweb.dicomjson import first_value
 from ..errors import Gone, NotFound
@@ -295,8 +296,10 @@ async def _read_study(request: web.Request, fmt: FhirFormat) -> dict[str, Any]:
     params = [("StudyInstanceUID", uid), ("includefield", "all")]
     studies = await qido(site, params, Level.STUDY)
     if not studies:
+        # Gone: served before, or every instance of it rejected by an IOCM note in the PACS.
         remembered = await store.recall(site.site_id, "ImagingStudy", resource_id)
-        if remembered is not None and patient_binding(request) is None:
+        gone = remembered is not None or rejected_study(site.backend, uid)
+        if gone and patient_binding(request) is None:
             raise Gone("the study is no longer available", detail={"id": resource_id})
         raise NotFound("no such ImagingStudy", detail={"id": resource_id[:64]})
     study = await _with_detail(site, studies[0])

@@ -17,7 +17,7 @@ from ..fhir.outcome import operation_outcome, outcome_for_status
 from .keys import abort_connection
 from .responses import json_response
 
-__all__ = ["AccessLogger", "RedactServerErrors", "error_middleware", "loggable"]
+__all__ = ["AccessLogger", "RedactServerErrors", "error_middleware", "loggable", "render_error"]
 
 log = logging.getLogger("ncpeh_dicomweb.web")
 
@@ -32,7 +32,7 @@ _FHIR_PATH = re.compile(r"^(?:/site/[^/]+)?/fhir(?:/|$)")
 _VENDOR_PATH = re.compile(r"^/site/[^/]+/fhir/imaging-study/")
 
 
-def _render(request: web.Request, status: int, body: dict[str, Any]) -> web.Response:
+def render_error(request: web.Request, status: int, body: dict[str, Any]) -> web.Response:
     """The error ``body`` (our JSON form) in the form the route's clients expect."""
     path = request.path
     if _VENDOR_PATH.match(path):
@@ -62,7 +62,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if _FHIR_PATH.match(request.path) and not _VENDOR_PATH.match(request.path):
             response = _fhir_json(operation_outcome(exc), exc.status)
         else:
-            response = _render(request, exc.status, exc.body())
+            response = render_error(request, exc.status, exc.body())
         response.headers.update(exc.headers)
         return response
     except web.HTTPException as exc:
@@ -70,7 +70,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = _HTTP_CODES.get(exc.status, "http-error")
         body = {"status": exc.status, "error": code, "message": exc.reason}
-        response = _render(request, exc.status, body)
+        response = render_error(request, exc.status, body)
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
@@ -82,7 +82,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             abort_connection(request)
             raise
         body = {"status": 500, "error": "internal-error", "message": "internal error"}
-        return _render(request, 500, body)
+        return render_error(request, 500, body)
 
 
 # What a decoded path may hold that would let a client write lines of its own into the log

@@ -68,7 +68,9 @@ async def metadata(request: web.Request) -> web.Response:
     context = site_context(request)
     target = target_of(request)
     cache = request.app[METADATA_CACHE]
-    key = (context.site_id, context.base_url, target.path())
+    # The rejection index's generation: a newly rejected instance never outlives it here.
+    generation = str(getattr(context.backend, "generation", 0))
+    key = (context.site_id, context.base_url, target.path(), generation)
     async with study_guard(request, context, target):  # before the cache: it is shared
         entry = cache.get(key)
         if entry is None:

@@ -288,6 +288,7 @@ def _site(port: int, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "search_timeout": 2,
         "operation_timeout": 10,
         "cache_dir": str(tmp_path / "cache"),
+        "iocm": False,  # the fake SCP counts C-FINDs and knows no KO series
         **overrides,
     }
 

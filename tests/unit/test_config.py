@@ -138,6 +138,19 @@ def test_bad_cors_and_proxy_settings(server: dict[str, Any], name: str) -> None:
         settings_from_mapping({"server": server, "sites": [_site()]}, {})
 
 
+def test_request_header_timeout() -> None:
+    assert settings_from_mapping({"sites": [_site()]}, {}).request_header_timeout == 15.0
+    raw = {"server": {"request_header_timeout": 2.5}, "sites": [_site()]}
+    assert settings_from_mapping(raw, {}).request_header_timeout == 2.5
+
+
+@pytest.mark.parametrize("value", [0, 0.5, 3601, "15", True])
+def test_bad_request_header_timeout(value: object) -> None:
+    raw = {"server": {"request_header_timeout": value}, "sites": [_site()]}
+    with pytest.raises(ConfigError, match=r"server\.request_header_timeout"):
+        settings_from_mapping(raw, {})
+
+
 def test_state_store_settings() -> None:
     settings = settings_from_mapping({"sites": [_site()]}, {})
     assert (settings.state_path, settings.database_url) == ("var/ncpeh-state.sqlite3", None)
