@@ -11,7 +11,7 @@ that a patient is searched the same way in both. References: FHIR R4 search
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
@@ -37,7 +37,9 @@ __all__ = [
     "MAX_QUERIES",
     "MAX_TEXT",
     "MAX_VALUES",
+    "PASSTHROUGH",
     "Param",
+    "ParamParser",
     "PatientCriterion",
     "PatientQuery",
     "PatientRef",
@@ -99,6 +101,55 @@ def split_param(name: str, value: str) -> Param:
     head, _, chain = name.partition(".")
     base, colon, modifier = head.partition(":")
     return Param(name, value, base, modifier if colon else None, chain or None)
+
+
+PASSTHROUGH = frozenset({"_format", "_pretty"})  # http.html: the web layer's business
+
+
+class ParamParser:
+    """What both searches' parsers share: parameters taken in order, each by its handler in
+    ``handlers`` (a subclass's table), passthrough ones kept for the web layer, unknown or
+    unsupported ones ignored (or a 400 when ``strict``)."""
+
+    resource_type = ""  # for "not a search parameter of ..."
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.passthrough: list[tuple[str, str]] = []
+        self.used: list[tuple[str, str]] = []
+        self.ignored: list[tuple[str, str]] = []
+
+    def handler(self, base: str) -> Callable[[Param], None] | None:
+        """The bound handler of parameter ``base``, or None if it is not one of ours."""
+        raise NotImplementedError
+
+    def add(self, name: str, value: str) -> None:
+        check_text(name, value)
+        if name in PASSTHROUGH:
+            self.passthrough.append((name, value))
+            self.used.append((name, value))
+            return
+        p = split_param(name, value)
+        handler = self.handler(p.base)
+        if handler is None:
+            self.unsupported(name, value, f"not a search parameter of {self.resource_type}")
+        elif value == "":
+            self.ignored.append((name, value))  # a parameter without a value asks nothing
+        else:
+            handler(p)
+
+    def unsupported(self, name: str, value: str, reason: str) -> None:
+        if self.strict:
+            fail(name, value, f"{reason} (Prefer: handling=strict)")
+        self.ignored.append((name, value))
+
+    def plain(self, p: Param, *modifiers: str) -> bool:
+        """False (parameter ignored or refused) if ``p`` has a chain or another modifier."""
+        if p.chain is None and (p.modifier is None or p.modifier in modifiers):
+            return True
+        what = "a chain" if p.chain is not None else f"the modifier :{p.modifier}"
+        self.unsupported(p.name, p.value, f"{p.base} does not support {what}")
+        return False
 
 
 def or_values(p: Param) -> list[str]:

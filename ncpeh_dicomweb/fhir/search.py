@@ -56,6 +56,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, tzinfo
+from functools import partial
 from typing import Final
 
 from ..backends.base import DicomJson
@@ -68,9 +69,9 @@ from .criteria import (
     MAX_PARAMS,
     MAX_QUERIES,
     Param,
+    ParamParser,
     PatientCriterion,
     PatientRef,
-    check_text,
     criterion_text,
     fail,
     or_values,
@@ -78,7 +79,6 @@ from .criteria import (
     patient_hit,
     patient_queries,
     sendable,
-    split_param,
     wire,
 )
 from .dates import DateValue, date_matches, parse_date, study_date_range, study_times
@@ -266,14 +266,15 @@ _INCLUDE_VALUES: dict[str, str] = {
     "ImagingStudy:subject": INCLUDES[1],  # every subject here is a Patient
     "ImagingStudy:subject:Patient": INCLUDES[1],
 }
-_PASSTHROUGH = frozenset({"_format", "_pretty"})  # R4 http.html: the web layer's business
 
 
-class _Parser:
+class _Parser(ParamParser):
     """Accumulates parameters in order; :meth:`result` builds the search."""
 
+    resource_type = "ImagingStudy"
+
     def __init__(self, strict: bool, now: datetime, max_count: int | None) -> None:
-        self.strict = strict
+        super().__init__(strict)
         self.now = now
         self.max_count = max_count
         self.tokens: dict[str, list[TokenClause]] = {f: [] for _, f, _ in _TOKEN_PARAMS.values()}
@@ -283,37 +284,10 @@ class _Parser:
         self.single: dict[str, object] = {}  # _count, _offset, _summary, _sort
         self.include: dict[str, None] = {}
         self.elements: dict[str, None] = {}
-        self.passthrough: list[tuple[str, str]] = []
-        self.used: list[tuple[str, str]] = []
-        self.ignored: list[tuple[str, str]] = []
 
-    def add(self, name: str, value: str) -> None:
-        check_text(name, value)
-        if name in _PASSTHROUGH:
-            self.passthrough.append((name, value))
-            self.used.append((name, value))
-            return
-        p = split_param(name, value)
-        handler = _HANDLERS.get(p.base)
-        if handler is None:
-            self.unsupported(name, value, "not a search parameter of ImagingStudy")
-        elif value == "":
-            self.ignored.append((name, value))  # a parameter without a value asks nothing
-        else:
-            handler(self, p)
-
-    def unsupported(self, name: str, value: str, reason: str) -> None:
-        if self.strict:
-            fail(name, value, f"{reason} (Prefer: handling=strict)")
-        self.ignored.append((name, value))
-
-    def plain(self, p: Param, *modifiers: str) -> bool:
-        """False (parameter ignored or refused) if ``p`` has a chain or another modifier."""
-        if p.chain is None and (p.modifier is None or p.modifier in modifiers):
-            return True
-        what = "a chain" if p.chain is not None else f"the modifier :{p.modifier}"
-        self.unsupported(p.name, p.value, f"{p.base} does not support {what}")
-        return False
+    def handler(self, base: str) -> Callable[[Param], None] | None:
+        found = _HANDLERS.get(base)
+        return None if found is None else partial(found, self)
 
     def once(self, p: Param, parsed: object, normalised: str) -> None:
         if p.base in self.single:

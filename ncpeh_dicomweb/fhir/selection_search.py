@@ -49,6 +49,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Final
 
 from ..dicomweb.uids import is_valid_uid
@@ -56,16 +57,15 @@ from .bundle import COUNT_PARAMETER, OFFSET_PARAMETER
 from .criteria import (
     MAX_PARAMS,
     Param,
+    ParamParser,
     PatientCriterion,
     PatientRef,
-    check_text,
     criterion_text,
     fail,
     or_values,
     patient_clause,
     patient_hit,
     patient_queries,
-    split_param,
     wire,
 )
 from .search import UID_SYSTEMS, TokenClause
@@ -95,7 +95,6 @@ _OID = "urn:oid:"
 _UINT = re.compile(r"[0-9]{1,9}")
 _KOS_DIGEST = re.compile(r"k[0-9a-f]{48}")  # the digest form of selection.kos_selection_id
 _AVAILABLE: Final = ((STATUS_SYSTEM, "available"),)  # every selection read from a KOS
-_PASSTHROUGH = frozenset({"_format", "_pretty"})  # R5 http.html: the web layer's business
 
 Codings = Sequence[tuple[str | None, str]]
 
@@ -164,11 +163,13 @@ def _study_ref(raw: str, parameter: str) -> tuple[str | None, str]:
     return (resource_id if kind == "ImagingStudy" else None), text
 
 
-class _Parser:
+class _Parser(ParamParser):
     """Accumulates parameters in order; :meth:`result` builds the search."""
 
+    resource_type = "ImagingSelection"
+
     def __init__(self, strict: bool, max_count: int) -> None:
-        self.strict = strict
+        super().__init__(strict)
         self.max_count = max_count
         self.ids: list[tuple[str, ...]] = []
         self.patients: list[tuple[PatientCriterion, ...]] = []
@@ -177,37 +178,10 @@ class _Parser:
         self.tokens: dict[str, list[TokenClause]] = {"code": [], "status": []}
         self.single: dict[str, int] = {}
         self.summary_count = False
-        self.passthrough: list[tuple[str, str]] = []
-        self.used: list[tuple[str, str]] = []
-        self.ignored: list[tuple[str, str]] = []
 
-    def add(self, name: str, value: str) -> None:
-        check_text(name, value)
-        if name in _PASSTHROUGH:
-            self.passthrough.append((name, value))
-            self.used.append((name, value))
-            return
-        p = split_param(name, value)
-        handler = _HANDLERS.get(p.base)
-        if handler is None:
-            self.unsupported(name, value, "not a search parameter of ImagingSelection")
-        elif value == "":
-            self.ignored.append((name, value))  # a parameter without a value asks nothing
-        else:
-            handler(self, p)
-
-    def unsupported(self, name: str, value: str, reason: str) -> None:
-        if self.strict:
-            fail(name, value, f"{reason} (Prefer: handling=strict)")
-        self.ignored.append((name, value))
-
-    def plain(self, p: Param, *modifiers: str) -> bool:
-        """False (parameter ignored or refused) if ``p`` has a chain or another modifier."""
-        if p.chain is None and (p.modifier is None or p.modifier in modifiers):
-            return True
-        what = "a chain" if p.chain is not None else f"the modifier :{p.modifier}"
-        self.unsupported(p.name, p.value, f"{p.base} does not support {what}")
-        return False
+    def handler(self, base: str) -> Callable[[Param], None] | None:
+        found = _HANDLERS.get(base)
+        return None if found is None else partial(found, self)
 
     def token(self, p: Param) -> None:  # R5 search #token, #modifiers (:not)
         if not self.plain(p, "not"):
