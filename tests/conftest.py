@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.servers import read_env
+
 pytest_plugins = ["tests.pg", "tests.rsyslog"]  # a real PostgreSQL, a real rsyslogd (ATNA)
 ROOT = Path(__file__).resolve().parent.parent
 # The FHIR identifier system of the sample Czech patient's issuer (CZ-NCPEH in DICOM).
@@ -52,15 +54,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _read_env(path: Path) -> dict[str, str]:
-    env = {}
-    for line in path.read_text().splitlines():
-        if "=" in line:
-            key, _, value = line.partition("=")
-            env[key.strip()] = value.strip().strip('"')
-    return env
-
-
 def _manifest(state_dir: Path) -> dict[str, Any]:
     path = state_dir / "manifest.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -76,7 +69,7 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
     reuse = os.environ.get("NCPEH_TEST_ORTHANC_DIR")
     if reuse:
         state = Path(reuse)
-        env = _read_env(state / "env")
+        env = read_env(state / "env")
         yield _pacs(env, state)
         return
     state = tmp_path_factory.mktemp("orthanc")
@@ -103,7 +96,7 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
     if started.returncode != 0:
         pytest.fail(f"could not start Orthanc:\n{started.stderr[-3000:]}")
     try:
-        yield _pacs(_read_env(state / "env"), state)
+        yield _pacs(read_env(state / "env"), state)
     finally:
         subprocess.run(
             ["bash", str(ORTHANC_SH), "stop", "--dir", str(state), "--purge"],

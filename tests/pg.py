@@ -24,6 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from tests.servers import read_env, run_script
+
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_SH = ROOT / "scripts" / "postgres.sh"
 
@@ -33,18 +35,11 @@ _counter = itertools.count()
 
 
 def _script(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(POSTGRES_SH), *args], capture_output=True, text=True, timeout=120
-    )
+    return run_script(POSTGRES_SH, *args, timeout=120)
 
 
 def _env(directory: Path) -> dict[str, str]:
-    env = {}
-    for line in (directory / "env").read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            env[key.strip()] = value.strip()
-    return env
+    return read_env(directory / "env")
 
 
 def _start(directory: Path) -> str:

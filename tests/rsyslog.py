@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.servers import read_env, run_script
+
 ROOT = Path(__file__).resolve().parent.parent
 RSYSLOG_SH = ROOT / "scripts" / "rsyslog.sh"
 
@@ -37,18 +39,11 @@ __all__ = ["Rsyslog", "Tls", "make_certificates", "rsyslog", "rsyslog_server"]
 
 
 def _script(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(RSYSLOG_SH), *args], capture_output=True, text=True, timeout=60
-    )
+    return run_script(RSYSLOG_SH, *args, timeout=60)
 
 
 def _env(directory: Path) -> dict[str, str]:
-    env = {}
-    for line in (directory / "env").read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            env[key.strip()] = value.strip()
-    return env
+    return read_env(directory / "env")
 
 
 def _has_tls_driver() -> bool:
