@@ -24,7 +24,6 @@ from dicomweb_client.api import DICOMwebClient
 from tests.conftest import (
     ROOT,
     Pacs,
-    _read_env,
     free_port,
     start_gateway,
     stop_gateway,
@@ -39,6 +38,7 @@ from tests.integration.test_dimse import (
 )
 from tests.integration.test_qido import INSTANCE_CASES, SERIES_CASES, STUDY_CASES, Sample, _search
 from tests.integration.test_qido import sample as sample
+from tests.servers import read_env
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ def qr(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[QrGatew
     )
     try:
         assert started.returncode == 0, f"dcmqrscp.sh start failed:\n{started.stderr[-3000:]}"
-        env = _read_env(qr_dir / "env")
+        env = read_env(qr_dir / "env")
         config = write_dimse_config(
             work,
             port,
