@@ -77,6 +77,17 @@ def _events(log: Path, request_id: str, timeout: float = 10.0) -> list[dict[str,
         time.sleep(0.05)
 
 
+def _written(log: Path, at_least: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The events in ``log``, waiting until it holds ``at_least`` of them: an event is written
+    just after its answer is sent, so the last requests' lines may still be on their way."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+        if len(lines) >= at_least or time.monotonic() > deadline:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.05)
+
+
 def _request_id(event: dict[str, Any]) -> str | None:
     """The request id an AuditEvent records (its BALP XrequestId entity)."""
     for entity in event.get("entity", []):
@@ -260,8 +271,7 @@ def test_events_made_while_the_audit_repository_is_down_arrive_when_it_is_back(
             finally:
                 rsyslog.start()
             search(20)
-        written = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()]
-        ids = {event["id"] for event in written}
+        ids = {event["id"] for event in _written(jsonl, 100)}
         assert len(ids) >= 100
         received = rsyslog.wait_for(ids, timeout=60)
         assert set(received) == ids, f"{len(ids) - len(received)} of {len(ids)} events lost"
