@@ -27,7 +27,7 @@ from .web import (
     wado,
 )
 from .web.audit import add_request_id, audit_context, audit_middleware
-from .web.auth import auth_middlewares
+from .web.auth import auth_middlewares, authenticator_for
 from .web.cors import add_cors_headers, cors_middleware
 from .web.keys import ACTIVE_STREAMS, BACKENDS, IMAGING_POOL, METADATA_CACHE, SETTINGS, STORE
 from .web.metadata_cache import MetadataCache
@@ -47,6 +47,7 @@ _METADATA_TTL = 60.0
 def create_app(settings: Settings) -> web.Application:
     # aiohttp refuses longer request lines itself, with a bare 400: let ours (414) speak first.
     line = settings.limits.max_query_string + 4096
+    authenticator = authenticator_for(settings)
     app = web.Application(
         # Outermost first: errors (renders every refusal in the route's form) → client
         # certificate (web/tls.py: only when asked; the audit reads it) → audit (every data
@@ -57,7 +58,7 @@ def create_app(settings: Settings) -> web.Application:
             *client_certificate_middlewares(settings),
             audit_middleware,
             cors_middleware,
-            *auth_middlewares(settings),
+            *auth_middlewares(settings, authenticator),
         ],
         handler_args={"max_line_size": line, "max_field_size": 16384},
     )
@@ -68,6 +69,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(audit_context)  # first in, last out: the last requests are recorded
     app.cleanup_ctx.append(_backends)
     app.cleanup_ctx.append(_imaging_pool)
+    if authenticator is not None:
+        app.on_cleanup.append(lambda _: authenticator.close())
     app.on_shutdown.append(_cut_streams)
     app.on_response_prepare.append(add_cors_headers)
     app.on_response_prepare.append(add_request_id)

@@ -1,4 +1,5 @@
-"""Command line: ``ncpeh-dicomweb serve`` and ``ncpeh-dicomweb check-config``."""
+"""Command line: ``ncpeh-dicomweb serve``, ``check-config`` and ``conformance`` (the harness of
+``conformance/``, run against any endpoint)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
+
+from conformance import cli as conformance_cli
 
 from .app import create_app
 from .config import (
@@ -68,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
             help="an audience (aud) the tokens must name; repeatable",
         )
         p.add_argument("--log-level", default=os.environ.get("NCPEH_LOG_LEVEL", "INFO"))
+    conformance = sub.add_parser(
+        "conformance",
+        help="check a DICOMweb/FHIR endpoint",
+        description=conformance_cli.DESCRIPTION,
+    )
+    conformance_cli.add_arguments(conformance)
     return parser
 
 
@@ -146,6 +155,8 @@ def _auth_flags(args: argparse.Namespace, settings: Settings) -> AuthSettings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "conformance":
+        return conformance_cli.run_args(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -29,6 +29,10 @@ Example::
     jwks_url = "https://idp.example.org/.well-known/jwks.json"   # or jwks_file = "..."
     issuer = "https://idp.example.org"
     audience = "https://ncp.example.org/imaging"                 # or a list
+    # opaque tokens: checked at the IdP's RFC 7662 introspection endpoint (with or without JWKS;
+    # the secret may come from NCPEH_INTROSPECTION_CLIENT_SECRET)
+    # introspection_url = "https://idp.example.org/oauth2/introspect"
+    # introspection_client_id = "ncp-imaging-gateway"
 
     [state]
     sqlite = "var/ncpeh-state.sqlite3"   # the default store: one SQLite file
@@ -196,15 +200,25 @@ class AuthSettings:
     # Claims binding a token to one patient (security/patient.py); None: that claim is not read.
     patient_claim: str | None = "patient"  # a Patient id of ours, or "Patient/{id}"
     patient_identifier_claim: str | None = None  # "system|value" or {"system", "value"}
+    # Opaque tokens checked at the IdP (RFC 7662, security/introspection.py); None: JWTs only.
+    introspection_url: str | None = None
+    introspection_client_id: str | None = None
+    introspection_client_secret: str | None = field(default=None, repr=False)
+    introspection_cache_seconds: float = 60.0  # an active answer is trusted this long at most
 
     @property
     def key_source(self) -> str | None:
         return self.jwks_file or self.jwks_url
 
     @property
+    def token_source(self) -> str | None:
+        """Where tokens are checked: the JWK Set, else the introspection endpoint."""
+        return self.key_source or self.introspection_url
+
+    @property
     def active(self) -> bool:
         """True if every non-public request needs a valid token."""
-        return self.enabled if self.enabled is not None else self.key_source is not None
+        return self.enabled if self.enabled is not None else self.token_source is not None
 
     def required_scope(self, interaction: Interaction) -> str | None:
         """The scope a token needs for ``interaction``; None: none (public, or any token)."""
@@ -275,7 +289,7 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
         },
         "",
     )
-    auth = auth_from_mapping(_table(raw, "auth"))
+    auth = auth_from_mapping(_table(raw, "auth"), env)
     try:
         audit = AuditSettings.from_mapping(_table(raw, "audit"))
     except ValueError as exc:
@@ -539,12 +553,17 @@ _AUTH_KEYS = {
     "jwks_min_refresh_seconds",
     "patient_claim",
     "patient_identifier_claim",
+    "introspection_url",
+    "introspection_client_id",
+    "introspection_client_secret",
+    "introspection_cache_seconds",
 }
 _SCOPE_KEYS = {i.value for i in CONFIGURABLE if i is not Interaction.DICOMWEB}
 
 
-def auth_from_mapping(raw: Mapping[str, Any]) -> AuthSettings:
-    """``[auth]`` → :class:`AuthSettings`, every key checked (and :func:`check_auth`)."""
+def auth_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> AuthSettings:
+    """``[auth]`` → :class:`AuthSettings`, every key checked (and :func:`check_auth`); ``env``
+    may hold the introspection client's secret (``NCPEH_INTROSPECTION_CLIENT_SECRET``)."""
     where = "auth."
     _no_unknown(raw, _AUTH_KEYS, where)
     enabled = raw.get("enabled")
@@ -571,6 +590,7 @@ def auth_from_mapping(raw: Mapping[str, Any]) -> AuthSettings:
     for key, value in scopes.items():
         _scope(value, f"{where}scopes.{key}")
     dicomweb_scope = raw.get("dicomweb_scope", DEFAULT_SCOPES[Interaction.DICOMWEB])
+    introspection_url = _opt_str(raw, "introspection_url", where)
     auth = AuthSettings(
         enabled=enabled,
         jwks_file=None if jwks_file is None else check_jwks_file(jwks_file, where + "jwks_file"),
@@ -584,8 +604,24 @@ def auth_from_mapping(raw: Mapping[str, Any]) -> AuthSettings:
         jwks_min_refresh_seconds=_number(raw, "jwks_min_refresh_seconds", where, 30.0, 0.01, 3600),
         patient_claim=_claim_name(raw, "patient_claim", where, "patient"),
         patient_identifier_claim=_claim_name(raw, "patient_identifier_claim", where, None),
+        introspection_url=None
+        if introspection_url is None
+        else _introspection_url(introspection_url),
+        introspection_client_id=_opt_str(raw, "introspection_client_id", where),
+        introspection_client_secret=(env or {}).get("NCPEH_INTROSPECTION_CLIENT_SECRET")
+        or _opt_str(raw, "introspection_client_secret", where),
+        introspection_cache_seconds=_number(
+            raw, "introspection_cache_seconds", where, 60.0, 0, 3600
+        ),
     )
     return check_auth(auth)
+
+
+def _introspection_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"auth.introspection_url: must be an http(s) URL, not {url!r}")
+    return url
 
 
 def check_auth(auth: AuthSettings) -> AuthSettings:
@@ -593,9 +629,17 @@ def check_auth(auth: AuthSettings) -> AuthSettings:
     audience), else ConfigError; also after command-line flags changed it."""
     if auth.jwks_file and auth.jwks_url:
         raise ConfigError("auth.jwks_url: give auth.jwks_file or auth.jwks_url, not both")
-    if auth.enabled and auth.key_source is None:
+    if auth.enabled and auth.token_source is None:
         raise ConfigError(
-            "auth.enabled: true needs a key source: auth.jwks_file or auth.jwks_url (or --jwks)"
+            "auth.enabled: true needs a key source: auth.jwks_file or auth.jwks_url (or --jwks),"
+            " or auth.introspection_url"
+        )
+    if auth.introspection_url and not (
+        auth.introspection_client_id and auth.introspection_client_secret
+    ):
+        raise ConfigError(
+            "auth.introspection_client_id: the introspection endpoint needs the gateway's client"
+            " id and secret (auth.introspection_client_secret or NCPEH_INTROSPECTION_CLIENT_SECRET)"
         )
     if auth.active:
         if not auth.issuer:
@@ -674,6 +718,13 @@ def check_exposure(settings: Settings) -> str | None:
             host = urlsplit(auth.jwks_url).hostname or ""
             if not is_loopback(host):
                 return f"auth.jwks_url is plain http: anyone on the path to {host} can forge keys"
+        if auth.introspection_url and urlsplit(auth.introspection_url).scheme == "http":
+            host = urlsplit(auth.introspection_url).hostname or ""
+            if not is_loopback(host):
+                return (
+                    f"auth.introspection_url is plain http: clients' tokens and the gateway's "
+                    f"secret cross the path to {host} in clear"
+                )
         return None
     where = f"{settings.host}:{settings.port}"
     tls = settings.tls

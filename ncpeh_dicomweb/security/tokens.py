@@ -41,6 +41,7 @@ __all__ = [
     "TokenError",
     "TokenPolicy",
     "TokenVerifier",
+    "looks_like_jwt",
     "principal_of",
 ]
 
@@ -147,6 +148,11 @@ def principal_of(claims: Mapping[str, Any]) -> Principal:
         scopes=_scopes(claims),
         claims=MappingProxyType(dict(claims)),
     )
+
+
+def looks_like_jwt(token: str) -> bool:
+    """True if ``token`` has the form of a compact JWS (three base64url parts)."""
+    return _COMPACT.fullmatch(token) is not None
 
 
 def _reason(exc: Exception) -> str:

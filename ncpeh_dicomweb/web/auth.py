@@ -39,20 +39,34 @@ from ..backends.base import Backend, DicomJson, Scope, SearchResult
 from ..config import AuthSettings, Settings, check_auth
 from ..dicomweb.attributes import Level
 from ..dicomweb.query import QidoQuery
-from ..errors import Forbidden, NotFound, Unauthorized
+from ..errors import BackendBusy, Forbidden, NotFound, Unauthorized
 from ..fhir.tokens import IssuerTable
 from ..security.challenge import challenge, insufficient_scope, invalid_token
+from ..security.introspection import (
+    IntrospectionClient,
+    IntrospectionSettings,
+    IntrospectionUnavailable,
+)
 from ..security.jwks import source_for
 from ..security.patient import PatientBinding, PatientClaims, StudyPatients, patient_of
 from ..security.scopes import Interaction, classify, satisfies
-from ..security.tokens import TokenError, TokenPolicy, TokenVerifier
+from ..security.tokens import (
+    MAX_TOKEN_LENGTH,
+    Principal,
+    TokenError,
+    TokenPolicy,
+    TokenVerifier,
+    looks_like_jwt,
+)
 from .fhir_site import FhirSite, qido
 from .keys import PATIENT_BINDING, PRINCIPAL
 
 __all__ = [
     "NO_SUCH_STUDY",
+    "Authenticator",
     "allows_study",
     "auth_middlewares",
+    "authenticator_for",
     "bearer_token",
     "bound_qido",
     "bound_search",
@@ -96,25 +110,85 @@ def _route_template(request: web.Request) -> str:
     return request.path
 
 
-def auth_middlewares(settings: Settings) -> list[Middleware]:
-    """The auth middleware, or none when authentication is off."""
+class Authenticator:
+    """Checks a bearer token: a JWT (three base64url parts) against the JWK Set when one is
+    configured, anything else (an opaque token) at the introspection endpoint when that is."""
+
+    def __init__(
+        self, verifier: TokenVerifier | None, introspection: IntrospectionClient | None
+    ) -> None:
+        self._verifier = verifier
+        self.introspection = introspection
+
+    async def verify(self, token: str) -> Principal:
+        """The token's Principal; TokenError (401), or BackendBusy (503) when the
+        introspection endpoint cannot answer."""
+        if self._verifier is not None and (self.introspection is None or looks_like_jwt(token)):
+            return await self._verifier.verify(token)
+        assert self.introspection is not None
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise TokenError("the token is too long")
+        try:
+            return await self.introspection.verify(token)
+        except IntrospectionUnavailable as exc:
+            raise BackendBusy(
+                "the token introspection service is unavailable",
+                detail={"reason": str(exc)},
+                headers={"Retry-After": "5"},
+            ) from None
+
+    async def close(self) -> None:
+        if self.introspection is not None:
+            await self.introspection.close()
+
+
+def authenticator_for(settings: Settings) -> Authenticator | None:
+    """The token checker the settings ask for; None when authentication is off."""
+    auth = settings.auth
+    if not auth.active:
+        return None
+    check_auth(auth)  # settings made in code skip the loader: fail closed, never open
+    assert auth.token_source is not None and auth.issuer is not None
+    policy = TokenPolicy(auth.issuer, auth.audience, auth.algorithms, auth.leeway_seconds)
+    verifier = None
+    if auth.key_source is not None:
+        source = source_for(auth.key_source, min_refresh=auth.jwks_min_refresh_seconds)
+        verifier = TokenVerifier(policy, source)
+    introspection = None
+    if auth.introspection_url is not None:
+        assert auth.introspection_client_id and auth.introspection_client_secret
+        introspection = IntrospectionClient(
+            IntrospectionSettings(
+                auth.introspection_url,
+                auth.introspection_client_id,
+                auth.introspection_client_secret,
+                cache_seconds=auth.introspection_cache_seconds,
+            ),
+            policy,
+        )
+    return Authenticator(verifier, introspection)
+
+
+def auth_middlewares(
+    settings: Settings, authenticator: Authenticator | None = None
+) -> list[Middleware]:
+    """The auth middleware, or none when authentication is off. Pass the ``authenticator``
+    to close it on shutdown (:func:`create_app` does); else one is made here."""
     auth = settings.auth
     if not auth.active:
         return []
-    check_auth(auth)  # settings made in code skip the loader: fail closed, never open
-    assert auth.key_source is not None and auth.issuer is not None
-    source = source_for(auth.key_source, min_refresh=auth.jwks_min_refresh_seconds)
-    policy = TokenPolicy(auth.issuer, auth.audience, auth.algorithms, auth.leeway_seconds)
+    authenticator = authenticator or authenticator_for(settings)
+    assert authenticator is not None
     patients = PatientClaims(
         auth.patient_claim,
         auth.patient_identifier_claim,
         IssuerTable.from_pairs(settings.patient_id_issuers),
     )
-    return [_middleware(TokenVerifier(policy, source), auth, patients, StudyPatients())]
+    return [_middleware(authenticator, auth, patients, StudyPatients())]
 
 
 def _middleware(
-    verifier: TokenVerifier, auth: AuthSettings, patients: PatientClaims, studies: StudyPatients
+    verifier: Authenticator, auth: AuthSettings, patients: PatientClaims, studies: StudyPatients
 ) -> Middleware:
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
