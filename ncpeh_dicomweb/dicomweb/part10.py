@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import struct
+import warnings
+from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["NEED_MORE", "transfer_syntax_of"]
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+__all__ = ["NEED_MORE", "Identity", "identity_of", "transfer_syntax_of"]
 
 NEED_MORE = ""
 """Returned while the bytes seen so far end before the Transfer Syntax UID."""
@@ -45,3 +52,34 @@ def transfer_syntax_of(head: bytes) -> str:
                 return NEED_MORE
             return head[start : start + length].rstrip(b"\0 ").decode("ascii", "replace")
         pos = start + length
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Whose an instance is: what the audit records of a retrieve."""
+
+    patient_id: str | None
+    issuer: str | None
+    study_uid: str | None
+
+
+_IDENTITY_TAGS: Final = ["PatientID", "IssuerOfPatientID", "StudyInstanceUID"]
+
+
+def identity_of(source: bytes | str) -> Identity | None:
+    """The patient and study of a Part 10 file, from its first bytes (a few kB hold them: the
+    rest may be cut off) or its path; None when they cannot be read."""
+    data = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a cut-off element at the end is expected
+            ds = dcmread(data, stop_before_pixels=True, specific_tags=_IDENTITY_TAGS)
+    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError):
+        return None
+
+    def text(keyword: str) -> str | None:
+        value = ds.get(keyword)
+        return str(value).strip() or None if value is not None else None
+
+    found = Identity(text("PatientID"), text("IssuerOfPatientID"), text("StudyInstanceUID"))
+    return found if found.patient_id or found.study_uid else None

@@ -28,6 +28,7 @@ __all__ = [
     "STATEMENT_DATE",
     "SearchParamInfo",
     "SearchParamType",
+    "Security",
     "capability_statement",
 ]
 
@@ -137,6 +138,7 @@ def capability_statement(
     includes: Sequence[str] = IMAGING_STUDY_INCLUDES,
     imaging_selection_params: Sequence[SearchParamInfo] = IMAGING_SELECTION_SEARCH_PARAMS,
     date: str = STATEMENT_DATE,
+    security: Security | None = None,
 ) -> dict[str, Any]:
     """This gateway's CapabilityStatement in ``version`` (FHIR R4 capabilitystatement.html,
     http.html#capabilities).
@@ -149,7 +151,9 @@ def capability_statement(
     ``read_types`` (``Patient``, ``Endpoint``) with ``read``, and, in R5 only and when
     ``imaging_selection``, ImagingSelection (``read``, ``search-type``, ``create``,
     ``delete``; ``imaging_selection_params``). Raises ValueError for a parameter listed twice,
-    a pushed-down name that is not listed, or an unknown read type.
+    a pushed-down name that is not listed, or an unknown read type. With ``security`` (the
+    gateway asks for tokens), ``rest.security`` says so: SMART-on-FHIR / OAuth service, CORS,
+    and the issuer and scopes in its description.
     """
     _check_names(search_params, pushed_to_pacs)
     _check_names(imaging_selection_params, ())
@@ -170,6 +174,16 @@ def capability_statement(
         f" Accept: application/fhir+json; fhirVersion={info.mime})"
         for v, info in VERSIONS.items()
     )
+    rest: dict[str, Any] = {
+        "mode": "server",
+        "documentation": (
+            f"FHIR versions served at this endpoint: {served}. Studies are read live"
+            " from the PACS; search results are paged with _count."
+        ),
+        "resource": resources,
+    }
+    if security is not None:
+        rest["security"] = _security(security)
     return {
         "resourceType": "CapabilityStatement",
         "name": "NcpehDicomwebGateway",
@@ -185,14 +199,40 @@ def capability_statement(
         },
         "fhirVersion": VERSIONS[version].release,
         "format": ["json"],
-        "rest": [
+        "rest": [rest],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """How clients authenticate (``[auth]``), as the CapabilityStatement tells them."""
+
+    issuer: str
+    scopes: Sequence[str]  # the scopes the interactions ask for
+    cors: bool = False
+    introspection: bool = False  # opaque tokens accepted too
+
+
+_SECURITY_SERVICES = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+
+
+def _security(security: Security) -> dict[str, Any]:
+    tokens = "JWT access tokens signed by" + (
+        " (or opaque tokens introspected at)" if security.introspection else ""
+    )
+    return {
+        "cors": security.cors,
+        "service": [
             {
-                "mode": "server",
-                "documentation": (
-                    f"FHIR versions served at this endpoint: {served}. Studies are read live"
-                    " from the PACS; search results are paged with _count."
-                ),
-                "resource": resources,
+                "coding": [
+                    {"system": _SECURITY_SERVICES, "code": "SMART-on-FHIR"},
+                    {"system": _SECURITY_SERVICES, "code": "OAuth"},
+                ]
             }
         ],
+        "description": (
+            f"OAuth 2.0 bearer tokens (RFC 6750): {tokens} {security.issuer}, with SMART v2"
+            f" scopes: {', '.join(sorted(set(security.scopes)))}. Without a valid token: 401;"
+            " without the interaction's scope: 403."
+        ),
     }

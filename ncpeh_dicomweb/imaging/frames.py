@@ -20,6 +20,7 @@ import pydicom
 from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import get_expected_length, pixel_array
 
+from ..dicomweb.part10 import Identity
 from ..errors import BackendError, GatewayError, NotAcceptable, NotFound
 
 __all__ = ["PixelLayout", "decode_frame", "parse_frame_list", "pixel_layout", "read_frame"]
@@ -50,6 +51,7 @@ class PixelLayout:
     frames: int
     encapsulated: bool
     spans: tuple[tuple[tuple[int, int], ...], ...]
+    identity: Identity | None = None  # whose the instance is, for the audit
 
 
 def parse_frame_list(text: str) -> tuple[int, ...]:
@@ -88,18 +90,20 @@ def _pixel_layout(path: Path) -> PixelLayout:
         start = fp.tell()
         syntax = str(ds.file_meta.TransferSyntaxUID)
         frames = int(ds.get("NumberOfFrames") or 1)
+        identity = Identity(_text(ds, "PatientID"), _text(ds, "IssuerOfPatientID"), None)
         if syntax in _SEEK_UNSAFE:  # positions in the file are not positions in the data set
-            return PixelLayout(syntax, frames, False, ())
+            return PixelLayout(syntax, frames, False, (), identity)
         head = fp.read(12)
         if len(head) < 8 or _tag(head) not in _PIXEL_TAGS:
             raise NotAcceptable("the instance has no pixel data", detail={"frames": "none"})
         implicit = syntax == "1.2.840.10008.1.2"
         length, value_at = _value_header(head, start, implicit)
         if length == 0xFFFFFFFF:
-            return PixelLayout(syntax, frames, True, _fragment_spans(fp, value_at, ds, frames))
+            spans = _fragment_spans(fp, value_at, ds, frames)
+            return PixelLayout(syntax, frames, True, spans, identity)
         bits = int(ds.get("BitsAllocated") or 0)
         if syntax not in _LITTLE_ENDIAN_NATIVE or bits < 8:
-            return PixelLayout(syntax, frames, False, ())
+            return PixelLayout(syntax, frames, False, (), identity)
         size = get_expected_length(ds, unit="bytes") // frames  # YBR_FULL_422 is subsampled
         if size * frames > length:
             raise BackendError(
@@ -107,7 +111,12 @@ def _pixel_layout(path: Path) -> PixelLayout:
                 detail={"frames": frames},
             )
         spans = tuple(((value_at + i * size, size),) for i in range(frames))
-        return PixelLayout(syntax, frames, False, spans)
+        return PixelLayout(syntax, frames, False, spans, identity)
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    return (str(value).strip() or None) if value is not None else None
 
 
 def read_frame(path: Path, layout: PixelLayout, number: int) -> bytes:

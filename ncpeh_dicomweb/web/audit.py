@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -24,11 +25,12 @@ from aiohttp import web
 
 from ..backends.base import DicomJson
 from ..dicomweb.dicomjson import first_value
+from ..dicomweb.part10 import Identity, identity_of
 from ..errors import GatewayError
 from ..fhir.tokens import patient_resource_id
 from ..security.audit import Access, AuditTrail, Patient, interaction_for, query_names
 from .forwarded import is_trusted
-from .keys import CLIENT_CERTIFICATE, PATIENT_BINDING, PRINCIPAL, SETTINGS
+from .keys import CLIENT_CERTIFICATE, PATIENT_BINDING, PRINCIPAL, REQUEST_ID, SETTINGS
 from .streaming import STREAM_OUTCOME
 
 __all__ = [
@@ -40,15 +42,21 @@ __all__ = [
     "audit_context",
     "audit_middleware",
     "note_datasets",
+    "note_identity",
+    "patient_peek",
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 AUDIT_TRAIL = web.AppKey("audit_trail", AuditTrail)
-REQUEST_ID = web.RequestKey("ncpeh.request_id", str)
 # Filled by handlers that learn them (a FHIR search's patient and studies, say).
 AUDIT_PATIENT = web.RequestKey("ncpeh.audit_patient", Patient)
 AUDIT_STUDIES: web.RequestKey[tuple[str, ...]] = web.RequestKey("ncpeh.audit_studies")
+
+# Whose each study is, as answers showed it: an access whose answer did not say (frames the
+# PACS served itself) is still recorded with its patient when an earlier answer said.
+STUDY_PATIENTS: web.AppKey[OrderedDict[str, Patient]] = web.AppKey("ncpeh.study_patients")
+_STUDY_PATIENTS_MAX = 20_000
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _MAX_STUDIES = 100  # study UIDs one event names (a search's page)
@@ -104,6 +112,9 @@ def _record(request: web.Request, request_id: str, start: datetime, status: int)
     info = request.match_info
     fhir_type = _FHIR_TYPE.search(route)
     studies = request.get(AUDIT_STUDIES) or tuple(filter(None, [info.get("study")]))
+    patient = request.get(AUDIT_PATIENT) or _bound_patient(request)
+    if patient is None and len(studies) == 1:
+        patient = _remembered(request).get(studies[0])
     access = Access(
         start=start,
         end=datetime.now(UTC),
@@ -122,7 +133,7 @@ def _record(request: web.Request, request_id: str, start: datetime, status: int)
         client_address=request.remote,
         server_address=settings.public_url,
         site=info.get("site") or settings.default_site,
-        patient=request.get(AUDIT_PATIENT) or _bound_patient(request),
+        patient=patient,
         studies=studies,
         series=tuple(filter(None, [info.get("series")])),
         instances=tuple(filter(None, [info.get("instance")])),
@@ -134,23 +145,73 @@ def _record(request: web.Request, request_id: str, start: datetime, status: int)
 
 
 def note_datasets(request: web.Request, datasets: Sequence[DicomJson]) -> None:
-    """Record, for the audit, the studies an answer was about (study-level DICOM JSON) and
+    """Record, for the audit, the studies an answer was about (DICOM JSON of any level) and
     their patient when there is exactly one."""
     request[AUDIT_STUDIES] = tuple(
-        uid for uid in (first_value(d, "0020000D") for d in datasets) if isinstance(uid, str)
+        dict.fromkeys(
+            uid for uid in (first_value(d, "0020000D") for d in datasets) if isinstance(uid, str)
+        )
     )[:_MAX_STUDIES]
-    patients = {
-        (str(first_value(d, "00100020") or ""), first_value(d, "00100021")) for d in datasets
-    }
+    patients: dict[tuple[str, str | None], Patient] = {}
+    for dataset in datasets:
+        patient = _patient(first_value(dataset, "00100020"), first_value(dataset, "00100021"))
+        if patient is None:
+            continue
+        patients.setdefault((patient.id, patient.issuer), patient)
+        study = first_value(dataset, "0020000D")
+        if isinstance(study, str):
+            _remember(request, study, patient)
     if len(patients) == 1:
-        patient_id, issuer = patients.pop()
-        if patient_id:
-            issuer_text = str(issuer) if issuer else None
-            request[AUDIT_PATIENT] = Patient(
-                id=patient_id,
-                issuer=issuer_text,
-                fhir_id=patient_resource_id(patient_id, issuer_text),
-            )
+        request[AUDIT_PATIENT] = next(iter(patients.values()))
+
+
+def _patient(patient_id: object, issuer: object) -> Patient | None:
+    if not patient_id:
+        return None
+    issuer_text = str(issuer) if issuer else None
+    return Patient(
+        id=str(patient_id),
+        issuer=issuer_text,
+        fhir_id=patient_resource_id(str(patient_id), issuer_text),
+    )
+
+
+def _remembered(request: web.Request) -> OrderedDict[str, Patient]:
+    return request.app.get(STUDY_PATIENTS) or OrderedDict()
+
+
+def _remember(request: web.Request, study: str, patient: Patient) -> None:
+    known = request.app.get(STUDY_PATIENTS)
+    if known is None:
+        return
+    known[study] = patient
+    known.move_to_end(study)
+    while len(known) > _STUDY_PATIENTS_MAX:
+        known.popitem(last=False)
+
+
+def note_identity(request: web.Request, identity: Identity | None) -> None:
+    """Record the patient of an instance the answer carried (read from its DICOM header),
+    unless the handler already knew whose the answer was."""
+    if identity is None or AUDIT_PATIENT in request:
+        return
+    patient = _patient(identity.patient_id, identity.issuer)
+    if patient is None:
+        return
+    request[AUDIT_PATIENT] = patient
+    study = identity.study_uid or request.match_info.get("study")
+    if study:
+        _remember(request, study, patient)
+
+
+def patient_peek(request: web.Request) -> Callable[[bytes], None]:
+    """A ``peek`` for :func:`.streaming.stream_parts`: the patient of the first instance
+    streamed, for the audit (a study, series or selection is one patient's)."""
+
+    def peek(head: bytes) -> None:
+        note_identity(request, identity_of(head))
+
+    return peek
 
 
 def _bound_patient(request: web.Request) -> Patient | None:
@@ -173,6 +234,7 @@ async def audit_context(app: web.Application) -> AsyncIterator[None]:
     trail = AuditTrail.from_settings(app[SETTINGS].audit)
     await trail.start()
     app[AUDIT_TRAIL] = trail
+    app[STUDY_PATIENTS] = OrderedDict()
     try:
         yield
     finally:

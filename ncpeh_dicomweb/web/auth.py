@@ -60,6 +60,7 @@ from ..security.tokens import (
 )
 from .fhir_site import FhirSite, qido
 from .keys import PATIENT_BINDING, PRINCIPAL
+from .middleware import loggable
 
 __all__ = [
     "NO_SUCH_STUDY",
@@ -208,7 +209,7 @@ def _middleware(
             principal = await verifier.verify(token)
             patient = patient_of(principal.claims, patients)  # PatientClaimError: 401 too
         except TokenError as exc:
-            log.info("%s %s: token refused: %s", request.method, request.path, exc)
+            log.info("%s %s: token refused: %s", request.method, loggable(request.path), exc)
             raise Unauthorized(
                 _UNAUTHORIZED,
                 detail={"reason": str(exc)},
@@ -219,7 +220,7 @@ def _middleware(
             request[PATIENT_BINDING] = PatientBinding(patient, studies)
         scope = auth.required_scope(interaction)
         if scope is not None and not satisfies(principal.scopes, scope):
-            log.info("%s %s: token lacks scope %s", request.method, request.path, scope)
+            log.info("%s %s: token lacks scope %s", request.method, loggable(request.path), scope)
             raise Forbidden(
                 _FORBIDDEN,
                 detail={"reason": "the token lacks a scope", "scope": scope},

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from ..backends.base import DicomJson, Scope, Target
 from ..backends.rejections import rejected_study
+from ..config import Settings
 from ..dicomweb.attributes import Level
 from ..dicomweb.dicomjson import first_value
 from ..errors import Gone, NotFound
@@ -32,7 +33,7 @@ from ..fhir.bundle import (
     searchset,
     summary_count,
 )
-from ..fhir.capability import SearchParamInfo, capability_statement
+from ..fhir.capability import SearchParamInfo, Security, capability_statement
 from ..fhir.elements import subset
 from ..fhir.mapping import endpoint, imaging_study, patient
 from ..fhir.negotiation import FhirFormat, negotiate_fhir
@@ -51,6 +52,7 @@ from ..fhir.search import (
     to_qido,
 )
 from ..fhir.tokens import IssuerTable
+from ..security.scopes import CONFIGURABLE
 from .audit import note_datasets
 from .auth import allows_study, bound_qido, patient_binding
 from .fhir_site import (
@@ -65,7 +67,7 @@ from .fhir_site import (
     search_params,
     strict_handling,
 )
-from .keys import STORE, accept_of
+from .keys import SETTINGS, STORE, accept_of
 
 __all__ = ["routes", "vendor_routes"]
 
@@ -358,8 +360,23 @@ async def metadata(request: web.Request) -> web.Response:
         pushed_to_pacs=_PUSHED,
         imaging_selection=True,
         read_types=("Endpoint", "Patient"),
+        security=_security(request.app[SETTINGS]),
     )
     return fhir_response(statement, fmt)
+
+
+def _security(settings: Settings) -> Security | None:
+    """What the CapabilityStatement says of authentication; None when tokens are not asked."""
+    auth = settings.auth
+    if not auth.active or auth.issuer is None:
+        return None
+    scopes = [auth.required_scope(i) for i in CONFIGURABLE]
+    return Security(
+        issuer=auth.issuer,
+        scopes=[s for s in scopes if s],
+        cors=bool(settings.cors_origins),
+        introspection=auth.introspection_url is not None,
+    )
 
 
 # ---------------------------------------------------------------------- routes

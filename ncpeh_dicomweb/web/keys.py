@@ -25,6 +25,7 @@ __all__ = [
     "METADATA_CACHE",
     "PATIENT_BINDING",
     "PRINCIPAL",
+    "REQUEST_ID",
     "SETTINGS",
     "STORE",
     "ClientCertificate",
@@ -45,6 +46,8 @@ STORE = web.AppKey("store", Store)
 ACTIVE_STREAMS: web.AppKey[set[asyncio.BaseTransport]] = web.AppKey("active_streams")
 # Per request: who the bearer token speaks for (set by web/auth.py when auth is on).
 PRINCIPAL = web.RequestKey("ncpeh.principal", Principal)
+# The request's id (web/audit.py): returned in X-Request-ID, in its AuditEvent and its log lines.
+REQUEST_ID = web.RequestKey("ncpeh.request_id", str)
 # Per request: the one patient a patient-bound token may see (web/auth.py); absent: unbound.
 PATIENT_BINDING = web.RequestKey("ncpeh.patient_binding", PatientBinding)
 

@@ -12,9 +12,13 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["MetadataCache", "MetadataEntry"]
+
+_ABOUT = ("0020000D", "00100020", "00100021")  # StudyInstanceUID, PatientID, its issuer
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +27,8 @@ class MetadataEntry:
     etag: str
     built: float  # time.time() when built: Last-Modified
     expires: float  # time.monotonic() deadline
+    # The study and patient it is about (their identifiers only), for the audit.
+    about: dict[str, Any] | None = None
 
 
 class MetadataCache:
@@ -43,12 +49,16 @@ class MetadataCache:
         self.hits += 1
         return entry
 
-    def put(self, key: tuple[str, ...], body: bytes) -> MetadataEntry:
+    def put(
+        self, key: tuple[str, ...], body: bytes, *, about: Mapping[str, Any] | None = None
+    ) -> MetadataEntry:
+        """Keep ``body``; ``about``, a dataset of it, gives the identifiers the audit needs."""
         entry = MetadataEntry(
             body,
             '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"',
             time.time(),
             time.monotonic() + self.ttl,
+            None if about is None else {t: about[t] for t in _ABOUT if t in about},
         )
         if key in self._entries:
             self._drop(key)

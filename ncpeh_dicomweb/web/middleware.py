@@ -14,7 +14,7 @@ from aiohttp.typedefs import Handler
 from ..errors import GatewayError
 from ..fhir.negotiation import R4
 from ..fhir.outcome import operation_outcome, outcome_for_status
-from .keys import abort_connection
+from .keys import REQUEST_ID, abort_connection
 from .responses import json_response
 
 __all__ = ["AccessLogger", "RedactServerErrors", "error_middleware", "loggable", "render_error"]
@@ -57,7 +57,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except GatewayError as exc:
         if exc.status >= 500:
             log.warning(
-                "%s %s -> %d %s", request.method, loggable(request.path), exc.status, exc.message
+                "%s %s -> %d %s [%s]",
+                request.method,
+                loggable(request.path),
+                exc.status,
+                exc.message,
+                request.get(REQUEST_ID, "-"),
             )
         if _FHIR_PATH.match(request.path) and not _VENDOR_PATH.match(request.path):
             response = _fhir_json(operation_outcome(exc), exc.status)
@@ -76,7 +81,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except Exception:
         # A bug of ours: logged with its traceback for us, a plain 500 for the client.
-        log.exception("unhandled error on %s %s", request.method, loggable(request.path))
+        log.exception(
+            "unhandled error on %s %s [%s]",
+            request.method,
+            loggable(request.path),
+            request.get(REQUEST_ID, "-"),
+        )
         if request.writer is not None and request.writer.output_size > 0:
             # Part of an answer is out: a second response would corrupt the stream.
             abort_connection(request)
@@ -105,17 +115,19 @@ def loggable(text: str) -> str:
 
 class AccessLogger(AbstractAccessLogger):
     """One line per request without the query string: QIDO queries carry patient data. The
-    path is written with :func:`loggable`: ``%0D%0A`` in it cannot start a forged line."""
+    path is written with :func:`loggable`: ``%0D%0A`` in it cannot start a forged line. The
+    request id ends the line: it finds the request's AuditEvent (who, which patient)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_: float) -> None:
         self.logger.info(
-            '%s "%s %s" %d %d %.1fms',
+            '%s "%s %s" %d %d %.1fms %s',
             request.remote,
             request.method,
             loggable(request.path),
             response.status,
             response.body_length,
             time_ * 1000,
+            request.get(REQUEST_ID, "-"),
         )
 
 

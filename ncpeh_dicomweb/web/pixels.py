@@ -18,6 +18,7 @@ from ..backends.base import Backend, PartHead, RetrieveEvent, Scope, Target
 from ..dicomweb.attributes import Level
 from ..dicomweb.dicomjson import first_value
 from ..dicomweb.media import FrameMedia, negotiate_bulk, negotiate_frames, negotiate_rendered
+from ..dicomweb.part10 import identity_of
 from ..dicomweb.query import parse_qido
 from ..errors import (
     BackendBusy,
@@ -33,6 +34,7 @@ from ..imaging.frames import PixelLayout, decode_frame, parse_frame_list, pixel_
 from ..imaging.pool import ImagingPool
 from ..imaging.render import parse_render_params, render
 from ..imaging.transcode import decodable
+from .audit import note_identity
 from .keys import IMAGING_POOL, SiteContext, accept_of, site_context
 from .streaming import stream_parts
 from .transcoding import part_syntax
@@ -68,6 +70,7 @@ async def _frames(
         return passed
     async with context.backend.instance_file(target) as path:
         layout = await asyncio.to_thread(pixel_layout, path)
+        note_identity(request, layout.identity)
         for number in numbers:
             _check_frame(layout, number)
         media = negotiate_frames(
@@ -199,6 +202,7 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
     async with study_guard(request, context, target), context.backend.instance_file(target) as path:
         if where == ((PIXEL_DATA, 0),):
             layout = await asyncio.to_thread(pixel_layout, path)
+            note_identity(request, layout.identity)
             media = negotiate_frames(
                 accept,
                 layout.transfer_syntax,
@@ -251,6 +255,7 @@ async def _render(request: web.Request, *, thumbnail: bool) -> web.Response:
         target = await _representative(context.backend, asked, context.base_url)
         async with context.backend.instance_file(target) as path:
             body = await request.app[IMAGING_POOL].run(render, path, frame, params)
+            note_identity(request, await asyncio.to_thread(identity_of, str(path)))
     return web.Response(body=body, headers={"Content-Type": media_type})
 
 

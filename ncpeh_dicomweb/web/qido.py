@@ -13,6 +13,7 @@ from ..dicomweb.media import negotiate_dicom_json
 from ..dicomweb.query import parse_qido
 from ..dicomweb.uids import check_uid
 from ..errors import InvalidQuery, UriTooLong
+from .audit import note_datasets
 from .auth import bound_search
 from .keys import SETTINGS, accept_of, site_context
 from .responses import dicom_response
@@ -49,6 +50,7 @@ async def _search(request: web.Request, level: Level) -> web.Response:
     # A patient-bound token: narrowed to its patient, and what the PACS answers filtered.
     result = await bound_search(request, context.backend, query, scope, context.base_url)
     warnings.extend(w for w in result.warnings if w not in warnings)
+    note_datasets(request, result.datasets)  # the studies and (if one) patient, for the audit
     if capped and len(result.datasets) >= limits.qido_max_results:
         warnings.append(
             f"only the first {limits.qido_max_results} matches are returned; "

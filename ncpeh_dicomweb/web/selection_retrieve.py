@@ -19,6 +19,7 @@ from ..backends.base import RetrieveEvent, Scope, Target
 from ..dicomweb.media import negotiate_instances
 from ..errors import NotFound, warning_value
 from ..imaging.transcode import encodable
+from .audit import patient_peek
 from .auth import patient_study
 from .fhir_site import FhirSite, fhir_site
 from .keys import IMAGING_POOL, accept_of
@@ -60,6 +61,7 @@ async def retrieve_listed(request: web.Request) -> web.StreamResponse:
             part_type=media.part_content_type(),
             what=f"retrieve of the instances of selection {request.match_info['id'][:64]}",
             headers=headers,
+            peek=patient_peek(request),
         )
 
 

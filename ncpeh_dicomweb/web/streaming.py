@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 StreamOutcome = Literal["complete", "client-gone", "cut"]
 STREAM_OUTCOME = "ncpeh.stream_outcome"
+PEEK_BYTES = 64 * 1024  # holds a DICOM file's header (the patient and study) in practice
 
 
 async def stream_parts(
@@ -36,12 +37,15 @@ async def stream_parts(
     part_type: str,
     what: str,
     headers: Mapping[str, str] | None = None,
+    peek: Callable[[bytes], None] | None = None,
 ) -> web.StreamResponse:
     """Stream ``events`` (a PartHead, its body chunks, the next PartHead...) as one
     ``multipart/related`` response whose Content-Type is ``content_type(boundary)``.
 
     A part without a ``content-type`` header gets ``part_type``. ``what`` names the resource
     in logs (no patient data); ``headers`` are added to the response's (a ``Warning``).
+    ``peek`` is called once with the head of the first part's body (up to :data:`PEEK_BYTES`,
+    what the audit reads the patient from), nothing being held back from the client for it.
     Closes ``events`` in every case.
     """
     async with aclosing(events):
@@ -64,7 +68,7 @@ async def stream_parts(
                 # written, it would be read as the next response); the retrieve stops here.
                 await response.write_eof()
             else:
-                await _write(response, boundary, part_type, first, events)
+                await _write(response, boundary, part_type, first, events, peek)
             outcome = "complete"
         except ConnectionError:
             outcome = "client-gone"
@@ -89,10 +93,16 @@ async def _write(
     part_type: str,
     first: RetrieveEvent,
     events: AsyncGenerator[RetrieveEvent, None],
+    peek: Callable[[bytes], None] | None,
 ) -> None:
     parts = 0
+    head: list[bytes] = []  # the first part's first chunks, for ``peek``
+    held = 0
     event: RetrieveEvent | None = first
     while event is not None:
+        if peek is not None and (parts > 1 or held >= PEEK_BYTES):
+            peek(b"".join(head)[:PEEK_BYTES])
+            peek, head = None, []
         if isinstance(event, PartHead):
             headers = dict(event.headers)
             headers.setdefault("content-type", part_type)
@@ -101,8 +111,13 @@ async def _write(
             )
             parts += 1
         else:
+            if peek is not None and parts == 1:
+                head.append(event)
+                held += len(event)
             await response.write(event)
         event = await anext(events, None)
+    if peek is not None:
+        peek(b"".join(head)[:PEEK_BYTES])
     await response.write(multipart.closing_delimiter(boundary, empty=parts == 0))
     await response.write_eof()
 

@@ -16,6 +16,7 @@ from ..dicomweb.media import (
 )
 from ..dicomweb.uids import check_uid
 from ..imaging.transcode import encodable
+from .audit import note_datasets, patient_peek
 from .auth import patient_study
 from .keys import IMAGING_POOL, METADATA_CACHE, SiteContext, accept_of, site_context
 from .responses import dicom_response
@@ -58,6 +59,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
             content_type=media.content_type,
             part_type=media.part_content_type(),
             what=f"retrieve of {target.path()}",
+            peek=patient_peek(request),
         )
 
 
@@ -75,7 +77,9 @@ async def metadata(request: web.Request) -> web.Response:
         entry = cache.get(key)
         if entry is None:
             datasets = await context.backend.metadata(target, context.base_url)
-            entry = cache.put(key, orjson.dumps(datasets))
+            entry = cache.put(key, orjson.dumps(datasets), about=datasets[0] if datasets else None)
+    if entry.about is not None:
+        note_datasets(request, [entry.about])
     # One entity tag per representation: the XML form of the same metadata is another entity.
     etag = entry.etag if media_type != DICOM_XML_MULTIPART else entry.etag[:-1] + '-xml"'
     headers = {

@@ -136,6 +136,49 @@ def test_each_data_request_gives_one_valid_event(
     assert _events(log, health.headers.get("X-Request-ID", "absent"), timeout=0.5) == []
 
 
+def _patient_of(event: dict[str, Any]) -> str | None:
+    """The PatientID an event's patient entity (BALP role 1) names, or None."""
+    for entity in event.get("entity", []):
+        if entity.get("role", {}).get("code") == "1":
+            return str(entity["what"]["identifier"]["value"])
+    return None
+
+
+def test_a_system_token_s_accesses_record_the_patient_the_pacs_answered_for(
+    audited: tuple[DimseGateway, Path], pacs: Pacs
+) -> None:
+    """No patient in the token nor in the URL: the event names the patient all the same, read
+    from what the PACS answered (QIDO results, metadata, the first instance streamed, the
+    instance a frame or rendered image came from), on a DICOMweb site and both DIMSE sites."""
+    gw, log = audited
+    core = pacs.manifest["core"]["studies"][0]
+    study, patient = core["study_uid"], core["patient_id"]
+    series = core["series"][0]
+    instance = f"{study}/series/{series['uid']}/instances/{series['instances'][0]}"
+    paths = [
+        f"/dicom-web/studies?StudyInstanceUID={study}",
+        f"/dicom-web/studies/{study}/series",
+        f"/dicom-web/studies/{study}/metadata",
+        f"/dicom-web/studies/{study}",
+        f"/site/get/dicom-web/studies/{study}/series/{series['uid']}",
+        f"/site/move/dicom-web/studies/{instance}",
+        f"/dicom-web/studies/{instance}/frames/1",
+        f"/site/get/dicom-web/studies/{instance}/rendered",
+    ]
+    for path in paths:
+        accept = "image/jpeg" if path.endswith("rendered") else "*/*"
+        answer = requests.get(gw.url + path, headers={**_token(), "Accept": accept}, timeout=120)
+        assert answer.status_code == 200, (path, answer.text[:200])
+        (event,) = _events(log, answer.headers["X-Request-ID"])
+        AuditEvent.model_validate(event)
+        assert _patient_of(event) == patient, path
+        assert f"urn:oid:{study}" in json.dumps(event), path
+    # A search over several patients names none of them (one event is about one patient).
+    many = requests.get(f"{gw.url}/dicom-web/studies", headers=_token(), timeout=60)
+    (event,) = _events(log, many.headers["X-Request-ID"])
+    assert _patient_of(event) is None
+
+
 def test_a_retrieve_records_its_study_and_how_the_stream_ended(
     audited: tuple[DimseGateway, Path], pacs: Pacs
 ) -> None:

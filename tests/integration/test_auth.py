@@ -19,6 +19,8 @@ import pytest
 import requests
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from fhir.resources.capabilitystatement import CapabilityStatement as CapabilityStatementR5
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement as CapabilityStatementR4
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
 from ncpeh_dicomweb.app import create_app
@@ -318,6 +320,22 @@ async def test_public_routes_need_no_token(client: TestClient[Any, Any]) -> None
         assert response.status == 200, (path, await response.text())
     # The viewer is not configured here: its paths are 404 (not 401) all the same.
     assert (await client.get("/viewer/index.html")).status == 404
+
+
+async def test_the_capability_statement_tells_clients_how_to_authenticate(
+    client: TestClient[Any, Any],
+) -> None:
+    for accept in ("application/fhir+json", "application/fhir+json; fhirVersion=5.0"):
+        answer = await client.get("/fhir/metadata", headers={"Accept": accept})
+        statement = await answer.json()
+        model = CapabilityStatementR5 if "5.0" in accept else CapabilityStatementR4
+        model.model_validate(statement)
+        security = statement["rest"][0]["security"]
+        codes = {c["code"] for c in security["service"][0]["coding"]}
+        assert codes == {"SMART-on-FHIR", "OAuth"}
+        assert security["cors"] is True  # the viewer's origin is allowed
+        assert ISSUER in security["description"]
+        assert "system/ImagingStudy.rs" in security["description"]
 
 
 async def test_cors_preflight_and_cors_headers_on_refusals(

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -634,6 +635,41 @@ def test_control_characters_in_the_path_cannot_forge_log_lines(gw: Hostile) -> N
     assert "\r" not in logged and "\x00" not in logged and "\x1b" not in logged
     assert "\u2028" not in logged
     assert "\\x0d\\x0a2026-01-01" in logged  # escaped, on the request's own line
+    after(gw)
+
+
+def test_operational_logs_carry_request_ids_and_no_patient_data(gw: Hostile) -> None:
+    """Searches by patient name, birth date and identifier, a FHIR patient search, a retrieve
+    and failures: the log has a line per request ending with its X-Request-ID (what finds its
+    AuditEvent), and none of the patient data the queries or answers held."""
+    core = gw.pacs.manifest["core"]["studies"]
+    patient = next(s for s in core if s["patient_id"] == "DE1000234")
+    name = patient["patient_name"].split("^")[0]
+    birth = patient["patient_birth_date"]
+    gw.new_log()
+    targets = [
+        f"/dicom-web/studies?PatientName={quote(name)}*&PatientBirthDate={birth}",
+        "/dicom-web/studies?PatientID=DE1000234&includefield=PatientName",
+        "/fhir/ImagingStudy?patient.identifier=|DE1000234",
+        f"/dicom-web/studies/{gw.study}/metadata",
+        f"/site/dimse/dicom-web/studies/{gw.study}/series?PatientName={quote(name)}",
+        "/dicom-web/studies?PatientBirthDate=not-a-date",  # 400
+        "/dicom-web/studies/1.2.3.4.5.6.7.8.9/metadata",  # 404
+    ]
+    ids = []
+    for target in targets:
+        reply = get(gw, target)
+        assert reply.status in (200, 400, 404), (target, reply.status)
+        request_id = reply.header("X-Request-ID")
+        assert request_id, (target, reply.status, reply.headers)
+        ids.append(request_id)
+    time.sleep(0.3)
+    logged = gw.new_log()
+    lines = logged.splitlines()
+    for request_id in ids:
+        assert any(line.endswith(" " + request_id) for line in lines), request_id
+    for secret in (name, birth, "DE1000234", patient["patient_name"]):
+        assert secret not in logged, secret
     after(gw)
 
 

@@ -13,6 +13,7 @@ from ncpeh_dicomweb.fhir.capability import (
     IMAGING_SELECTION_SEARCH_PARAMS,
     STATEMENT_DATE,
     SearchParamInfo,
+    Security,
     capability_statement,
 )
 from ncpeh_dicomweb.fhir.negotiation import FhirVersion
@@ -187,3 +188,15 @@ def test_search_param_type_checked(bad: str) -> None:
 def test_search_param_needs_a_name() -> None:
     with pytest.raises(ValueError, match="name"):
         SearchParamInfo("", "token", "doc")
+
+
+@pytest.mark.parametrize("version", ["R4", "R5"])
+def test_security_is_stated_only_when_tokens_are_asked(version: FhirVersion) -> None:
+    assert "security" not in _statement(version)["rest"][0]
+    secured = _statement(
+        version,
+        security=Security(issuer="https://idp.example", scopes=["b/x.rs", "a/y.r", "b/x.rs"]),
+    )["rest"][0]["security"]
+    assert secured["cors"] is False
+    assert [c["code"] for c in secured["service"][0]["coding"]] == ["SMART-on-FHIR", "OAuth"]
+    assert "https://idp.example, with SMART v2 scopes: a/y.r, b/x.rs." in secured["description"]
