@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -29,7 +30,15 @@ from .web import (
 from .web.audit import add_request_id, audit_context, audit_middleware
 from .web.auth import auth_middlewares, authenticator_for
 from .web.cors import add_cors_headers, cors_middleware
-from .web.keys import ACTIVE_STREAMS, BACKENDS, IMAGING_POOL, METADATA_CACHE, SETTINGS, STORE
+from .web.keys import (
+    ACTIVE_STREAMS,
+    BACKENDS,
+    CLIENT_STREAMS,
+    IMAGING_POOL,
+    METADATA_CACHE,
+    SETTINGS,
+    STORE,
+)
 from .web.metadata_cache import MetadataCache
 from .web.middleware import error_middleware
 from .web.server import add_server_header
@@ -65,6 +74,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[BACKENDS] = {}
     app[ACTIVE_STREAMS] = set[asyncio.BaseTransport]()
+    app[CLIENT_STREAMS] = Counter()
     app[METADATA_CACHE] = MetadataCache(max_bytes=_METADATA_BYTES, ttl=_METADATA_TTL)
     app.cleanup_ctx.append(audit_context)  # first in, last out: the last requests are recorded
     app.cleanup_ctx.append(_backends)

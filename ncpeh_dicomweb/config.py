@@ -164,6 +164,9 @@ Site = DicomWebSite | DimseSite
 class Limits:
     qido_max_results: int = 1000  # server maximum for QIDO `limit`
     max_query_string: int = 8192
+    # Retrievals (studies, series, frames...) one client may have streaming at once; the next
+    # is 429. A client: its token's client id or subject, its certificate, else its address.
+    max_streams_per_client: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,7 +317,11 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
         "server.",
     )
     limits_raw = _table(raw, "limits")
-    _no_unknown(limits_raw, {"qido_max_results", "max_query_string"}, "limits.")
+    _no_unknown(
+        limits_raw,
+        {"qido_max_results", "max_query_string", "max_streams_per_client"},
+        "limits.",
+    )
     viewer = _table(raw, "viewer")
     _no_unknown(viewer, {"dir"}, "viewer.")
     viewer_dir = _opt_str(viewer, "dir", "viewer.")
@@ -342,6 +349,9 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
         limits=Limits(
             qido_max_results=_int(limits_raw, "qido_max_results", "limits.", 1000, 1, 100_000),
             max_query_string=_int(limits_raw, "max_query_string", "limits.", 8192, 256, 1 << 20),
+            max_streams_per_client=_int(
+                limits_raw, "max_streams_per_client", "limits.", 32, 1, 10_000
+            ),
         ),
         viewer_dir=None if viewer_dir is None else check_viewer_dir(viewer_dir, "viewer.dir"),
         cors_origins=tuple(

@@ -14,6 +14,7 @@ human message that never names an internal host, URL or AE title::
     ├── Gone                          410  known but no longer available
     ├── PayloadTooLarge               413
     ├── UriTooLong                    414
+    ├── TooManyRequests               429  a client's concurrent retrievals over the limit
     ├── UpstreamRejected              (the PACS's own 4xx, passed on with its meaning)
     └── BackendError                  502  the PACS answered wrongly or failed
         ├── BackendUnreachable        502  connection refused / DNS / reset
@@ -40,6 +41,7 @@ __all__ = [
     "NotAcceptable",
     "NotFound",
     "PayloadTooLarge",
+    "TooManyRequests",
     "Unauthorized",
     "Unprocessable",
     "UnsupportedMediaType",
@@ -170,6 +172,13 @@ class Unprocessable(GatewayError):
 
     status = 422
     code = "unprocessable"
+
+
+class TooManyRequests(GatewayError):
+    """A client over its share (concurrent retrievals); sent with ``Retry-After``."""
+
+    status = 429
+    code = "too-many-requests"
 
 
 class UriTooLong(GatewayError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -21,6 +22,7 @@ __all__ = [
     "ACTIVE_STREAMS",
     "BACKENDS",
     "CLIENT_CERTIFICATE",
+    "CLIENT_STREAMS",
     "IMAGING_POOL",
     "METADATA_CACHE",
     "PATIENT_BINDING",
@@ -44,6 +46,8 @@ STORE = web.AppKey("store", Store)
 # Requests whose streamed answer is under way: cut on shutdown, so a client that stopped
 # reading cannot hold the process.
 ACTIVE_STREAMS: web.AppKey[set[asyncio.BaseTransport]] = web.AppKey("active_streams")
+# Retrievals streaming now, by client (web/streaming.py: [limits] max_streams_per_client).
+CLIENT_STREAMS: web.AppKey[Counter[str]] = web.AppKey("client_streams")
 # Per request: who the bearer token speaks for (set by web/auth.py when auth is on).
 PRINCIPAL = web.RequestKey("ncpeh.principal", Principal)
 # The request's id (web/audit.py): returned in X-Request-ID, in its AuditEvent and its log lines.

@@ -9,16 +9,23 @@ so a truncated body never looks whole. How the stream ended is recorded on the r
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable, Mapping
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from contextlib import aclosing, contextmanager
 from typing import Literal
 
 from aiohttp import web
 
 from ..backends.base import PartHead, RetrieveEvent
 from ..dicomweb import multipart
-from ..errors import GatewayError, NotFound
-from .keys import ACTIVE_STREAMS, abort_connection
+from ..errors import GatewayError, NotFound, TooManyRequests
+from .keys import (
+    ACTIVE_STREAMS,
+    CLIENT_CERTIFICATE,
+    CLIENT_STREAMS,
+    PRINCIPAL,
+    SETTINGS,
+    abort_connection,
+)
 
 __all__ = ["STREAM_OUTCOME", "StreamOutcome", "stream_parts"]
 
@@ -49,41 +56,54 @@ async def stream_parts(
     Closes ``events`` in every case.
     """
     async with aclosing(events):
-        first = await anext(events, None)
-        if first is None:
-            raise NotFound("nothing found", detail={"resource": what})
-        boundary = multipart.new_boundary()
-        response = web.StreamResponse(
-            headers={**(headers or {}), "Content-Type": content_type(boundary)}
-        )
-        streams = request.app[ACTIVE_STREAMS]
-        transport = request.transport
-        outcome: StreamOutcome = "cut"
-        try:
-            if transport is not None:
-                streams.add(transport)
-            await response.prepare(request)  # the client may be gone already (a viewer's prefetch)
-            if request.method == "HEAD":
-                # RFC 9110 9.3.2: the headers a GET would get, no body (it has no framing:
-                # written, it would be read as the next response); the retrieve stops here.
-                await response.write_eof()
-            else:
-                await _write(response, boundary, part_type, first, events, peek)
-            outcome = "complete"
-        except ConnectionError:
-            outcome = "client-gone"
-            log.info("client went away during %s", what)
-        except Exception as exc:
-            # Headers are gone: cut the connection so the truncated body never looks whole.
-            reason = exc.message if isinstance(exc, GatewayError) else type(exc).__name__
-            if not isinstance(exc, GatewayError):
-                log.exception("%s failed", what)
-            log.warning("%s cut short: %s", what, reason)
-            abort_connection(request)
-        finally:
-            request[STREAM_OUTCOME] = outcome
-            if transport is not None:
-                streams.discard(transport)
+        with _client_share(request):
+            return await _stream(request, events, content_type, part_type, what, headers, peek)
+
+
+async def _stream(
+    request: web.Request,
+    events: AsyncGenerator[RetrieveEvent, None],
+    content_type: Callable[[str], str],
+    part_type: str,
+    what: str,
+    headers: Mapping[str, str] | None,
+    peek: Callable[[bytes], None] | None,
+) -> web.StreamResponse:
+    first = await anext(events, None)
+    if first is None:
+        raise NotFound("nothing found", detail={"resource": what})
+    boundary = multipart.new_boundary()
+    response = web.StreamResponse(
+        headers={**(headers or {}), "Content-Type": content_type(boundary)}
+    )
+    streams = request.app[ACTIVE_STREAMS]
+    transport = request.transport
+    outcome: StreamOutcome = "cut"
+    try:
+        if transport is not None:
+            streams.add(transport)
+        await response.prepare(request)  # the client may be gone already (a viewer's prefetch)
+        if request.method == "HEAD":
+            # RFC 9110 9.3.2: the headers a GET would get, no body (it has no framing:
+            # written, it would be read as the next response); the retrieve stops here.
+            await response.write_eof()
+        else:
+            await _write(response, boundary, part_type, first, events, peek)
+        outcome = "complete"
+    except ConnectionError:
+        outcome = "client-gone"
+        log.info("client went away during %s", what)
+    except Exception as exc:
+        # Headers are gone: cut the connection so the truncated body never looks whole.
+        reason = exc.message if isinstance(exc, GatewayError) else type(exc).__name__
+        if not isinstance(exc, GatewayError):
+            log.exception("%s failed", what)
+        log.warning("%s cut short: %s", what, reason)
+        abort_connection(request)
+    finally:
+        request[STREAM_OUTCOME] = outcome
+        if transport is not None:
+            streams.discard(transport)
     return response
 
 
@@ -120,6 +140,38 @@ async def _write(
         peek(b"".join(head)[:PEEK_BYTES])
     await response.write(multipart.closing_delimiter(boundary, empty=parts == 0))
     await response.write_eof()
+
+
+@contextmanager
+def _client_share(request: web.Request) -> Iterator[None]:
+    """One of the client's concurrent retrievals, or 429 when it has its share streaming
+    already (checked before the PACS is asked anything)."""
+    streams = request.app[CLIENT_STREAMS]
+    limit = request.app[SETTINGS].limits.max_streams_per_client
+    client = _client_of(request)
+    if streams[client] >= limit:
+        raise TooManyRequests(
+            f"more than {limit} retrievals at once from one client",
+            detail={"limit": limit},
+            headers={"Retry-After": "1"},
+        )
+    streams[client] += 1
+    try:
+        yield
+    finally:
+        streams[client] -= 1
+        if streams[client] <= 0:
+            del streams[client]
+
+
+def _client_of(request: web.Request) -> str:
+    principal = request.get(PRINCIPAL)
+    if principal is not None and (principal.client_id or principal.subject):
+        return f"token:{principal.client_id or principal.subject}"
+    certificate = request.get(CLIENT_CERTIFICATE)
+    if certificate is not None:
+        return f"certificate:{certificate.client_id or certificate.subject}"
+    return f"address:{request.remote}"
 
 
 def _titled(headers: dict[str, str]) -> dict[str, str]:
