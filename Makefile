@@ -10,7 +10,7 @@ PORT ?= 8080
 LOAD ?= core testdata
 
 .PHONY: help deps deps-browser venv run test test-unit check lint format pacs-up pacs-down clean bench \
-	viewer viewer-test
+	viewer viewer-test conformance conformance-status
 
 help:
 	@echo "make run    gateway on http://127.0.0.1:$(PORT) in front of a local Orthanc with sample studies,"
@@ -30,7 +30,7 @@ deps-browser:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,dev]'
+	$(PY) -m pip install --quiet -e '.[test,dev,conformance]'
 	@touch $@
 
 venv: $(STAMP)
@@ -79,3 +79,13 @@ viewer-test: deps-browser venv viewer
 bench: venv
 	$(PY) bench/gateway_bench.py --pacs-env $(STATE)/orthanc/env
 	$(PY) bench/dimse_bench.py --pacs-env $(STATE)/orthanc/env
+
+# The conformance harness (conformance/) against the gateway in front of the local Orthanc
+# (`make pacs-up`'s, started if needed): a DICOMweb site and a DIMSE site; reports in
+# build/conformance/<site>/; fails when a MUST check fails or conformance/STATUS.md drifts
+# from the DICOMweb site's run. `make conformance-status` rewrites STATUS.md from a fresh run.
+conformance: venv
+	@bash scripts/conformance.sh
+
+conformance-status: venv
+	@bash scripts/conformance.sh --write-status
