@@ -35,7 +35,7 @@ from ..fhir.bundle import (
 )
 from ..fhir.capability import SearchParamInfo, Security, capability_statement
 from ..fhir.elements import subset
-from ..fhir.mapping import endpoint, imaging_study, patient
+from ..fhir.mapping import STUDY_INCLUDEFIELDS, endpoint, imaging_study, patient
 from ..fhir.negotiation import FhirFormat, negotiate_fhir
 from ..fhir.search import (
     StudySearch,
@@ -295,7 +295,9 @@ async def _read_study(request: web.Request, fmt: FhirFormat) -> dict[str, Any]:
         request, site.site_id, site.backend, site.wado_root, uid
     ):
         raise NotFound("no such ImagingStudy", detail={"id": resource_id[:64]})
-    params = [("StudyInstanceUID", uid), ("includefield", "all")]
+    # The attributes the mapping reads, named: Orthanc's "all" leaves out StudyDescription and
+    # IssuerOfPatientID (the read then lost its description and named another Patient).
+    params = [("StudyInstanceUID", uid), ("includefield", ",".join(STUDY_INCLUDEFIELDS))]
     studies = await qido(site, params, Level.STUDY)
     if not studies:
         # Gone: served before, or every instance of it rejected by an IOCM note in the PACS.

@@ -169,6 +169,10 @@ def test_read_by_id_and_the_vendor_route(dimse_gateway: DimseGateway, site: str)
     ImagingStudyR4.model_validate(study)
     assert study["id"] == resource_id
     assert sum(len(s.get("instance", [])) for s in study["series"]) == study["numberOfInstances"]
+    # The read says all the search said of the study (it only adds the instances).
+    found = bundle["entry"][0]["resource"]
+    for key in ("subject", "description", "started", "identifier", "modality", "reasonCode"):
+        assert study.get(key) == found.get(key), key
     vendor = requests.get(
         f"{dimse_gateway.url}/site/{site}/fhir/imaging-study/{resource_id}", timeout=120
     )
