@@ -20,7 +20,7 @@ import yarl
 from ..config import DicomWebSite
 from ..dicomweb import multipart
 from ..dicomweb.attributes import Level
-from ..dicomweb.dicomjson import UrlRewriter, rewrite_urls
+from ..dicomweb.dicomjson import UrlRewriter, rewrite_urls, with_pixel_data_uris
 from ..dicomweb.matching import loosen_for_upstream, matches_all
 from ..dicomweb.part10 import NEED_MORE, transfer_syntax_of
 from ..dicomweb.query import QidoQuery, encode_query, to_params
@@ -140,7 +140,7 @@ class DicomWebBackend:
         url = f"{self._root}/{target.path()}/metadata"
         body = await self._get_json(url)
         rewrite_urls(body, UrlRewriter(self._roots, base_url))
-        return body
+        return with_pixel_data_uris(body, base_url)
 
     async def _get_json(self, url: str) -> list[DicomJson]:
         """A DICOM JSON array from the PACS (an empty 204 counts as no match)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["RETRIEVE_URL", "UrlRewriter", "first_value", "rewrite_urls"]
+__all__ = ["RETRIEVE_URL", "UrlRewriter", "first_value", "rewrite_urls", "with_pixel_data_uris"]
 
 RETRIEVE_URL = "00081190"
 
@@ -76,3 +76,27 @@ def first_value(dataset: dict[str, Any], tag: str) -> Any:
         if isinstance(values, list) and values:
             return values[0]
     return None
+
+
+_PIXEL_TAGS = ("7FE00010", "7FE00008", "7FE00009")  # Pixel Data, Float, Double Float
+
+
+def with_pixel_data_uris(metadata: list[dict[str, Any]], base_url: str) -> list[dict[str, Any]]:
+    """``metadata`` (WADO-RS, one object per instance) with a Pixel Data BulkDataURI on every
+    image that has none: some PACS (Orthanc, for compressed instances) leave the element
+    out, yet PS3.18 10.4.3.3.2 metadata holds every attribute, bulk data by reference. The
+    URI is the gateway's own ``.../bulk/7FE00010``, which it serves from the instance."""
+    for item in metadata:
+        if "00280010" not in item or any(tag in item for tag in _PIXEL_TAGS):
+            continue
+        uids = [first_value(item, t) for t in ("0020000D", "0020000E", "00080018")]
+        if not all(isinstance(u, str) and u for u in uids):
+            continue
+        study, series, instance = uids
+        item["7FE00010"] = {
+            "vr": "OB",  # the encapsulated form's VR; native data is read the same way
+            "BulkDataURI": (
+                f"{base_url}/studies/{study}/series/{series}/instances/{instance}/bulk/7FE00010"
+            ),
+        }
+    return metadata

@@ -118,6 +118,7 @@ _BY_ERROR_CODE: Final[Mapping[str, str]] = MappingProxyType(
         "gone": "deleted",
         "payload-too-large": "too-costly",
         "uri-too-long": "too-long",
+        "too-many-requests": "throttled",
         "bad-gateway": "exception",
         "pacs-unreachable": "transient",
         "pacs-busy": "transient",

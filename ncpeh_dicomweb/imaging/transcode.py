@@ -269,8 +269,19 @@ def transcode(src: Path, dst: Path, target: str) -> str:
     One instance in memory at a time; a top-level function so a ``ProcessPoolExecutor`` can
     run it. Raises :class:`~ncpeh_dicomweb.errors.NotAcceptable` for what cannot be produced
     (see :func:`producible`) and for an image that does not fit ``target`` or cannot be
-    decoded.
+    decoded, or that pydicom cannot read or write (a malformed element).
     """
+    try:
+        return _transcode(src, dst, target)
+    except NotAcceptable:
+        raise
+    except Exception as exc:  # pydicom's many ways of refusing a malformed file
+        raise _not_acceptable(
+            f"it cannot be read or written ({type(exc).__name__})", "unknown", target
+        ) from None
+
+
+def _transcode(src: Path, dst: Path, target: str) -> str:
     ds = _read(src)
     stored = str(ds.file_meta.get("TransferSyntaxUID", ""))
     keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)

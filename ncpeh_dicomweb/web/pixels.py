@@ -90,14 +90,18 @@ async def _send_frames(
     numbers: Sequence[int],
     media: FrameMedia,
     location: str,
+    *,
+    per_frame: bool = True,
 ) -> web.StreamResponse:
+    """``location`` names each part: ``{location}/{n}`` per frame, or as it is (``per_frame``
+    False: the BulkDataURI a bulk data retrieve was asked by, PS3.18 10.4.3.3.5)."""
     pool = request.app[IMAGING_POOL]
     if not media.multipart:  # one frame asked for, single-part preferred
         body = await _frame(pool, path, layout, numbers[0], media)
         return web.Response(body=body, headers={"Content-Type": media.part_content_type()})
     return await stream_parts(
         request,
-        _frame_parts(pool, path, layout, numbers, media, location),
+        _frame_parts(pool, path, layout, numbers, media, location, per_frame),
         content_type=media.content_type,
         part_type=media.part_content_type(),
         what=f"frames of {location}",
@@ -173,6 +177,7 @@ async def _frame_parts(
     numbers: Sequence[int],
     media: FrameMedia,
     location: str,
+    per_frame: bool,
 ) -> AsyncGenerator[RetrieveEvent, None]:
     for number in numbers:
         body = await _frame(pool, path, layout, number, media)
@@ -180,7 +185,7 @@ async def _frame_parts(
             {
                 "content-type": media.part_content_type(),
                 "content-length": str(len(body)),
-                "content-location": f"{location}/{number}",
+                "content-location": f"{location}/{number}" if per_frame else location,
             }
         )
         yield body
@@ -210,8 +215,10 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
                 can_decode=decodable,
             )
             numbers = range(1, layout.frames + 1)
-            location = f"{context.base_url}/{target.path()}/frames"
-            return await _send_frames(request, path, layout, numbers, media, location)
+            location = f"{context.base_url}/{target.path()}/bulk/{request.match_info['path']}"
+            return await _send_frames(
+                request, path, layout, numbers, media, location, per_frame=False
+            )
         bulk = negotiate_bulk(accept)
         value = await asyncio.to_thread(read_bulk, path, where)
     if not bulk.multipart:

@@ -7,15 +7,18 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from ..backends.base import Scope
+from ..backends.base import DicomJson, Scope
+from ..backends.relational import restrict_to
 from ..dicomweb.attributes import Level
+from ..dicomweb.dicomjson import first_value
 from ..dicomweb.media import negotiate_dicom_json
 from ..dicomweb.query import parse_qido
+from ..dicomweb.results import UID_TAGS, parents_needed, shaped, with_parents
 from ..dicomweb.uids import check_uid
 from ..errors import InvalidQuery, UriTooLong
 from .audit import note_datasets
 from .auth import bound_search
-from .keys import SETTINGS, accept_of, site_context
+from .keys import SETTINGS, SiteContext, accept_of, site_context
 from .responses import dicom_response
 
 __all__ = ["routes"]
@@ -50,13 +53,38 @@ async def _search(request: web.Request, level: Level) -> web.Response:
     # A patient-bound token: narrowed to its patient, and what the PACS answers filtered.
     result = await bound_search(request, context.backend, query, scope, context.base_url)
     warnings.extend(w for w in result.warnings if w not in warnings)
-    note_datasets(request, result.datasets)  # the studies and (if one) patient, for the audit
+    scoped = Level.SERIES if scope.series else Level.STUDY if scope.study else None
+    datasets = await _with_parents(context, result.datasets, level, scope, scoped)
+    datasets = shaped(datasets, level, scoped)
+    note_datasets(request, datasets)  # the studies and (if one) patient, for the audit
     if capped and len(result.datasets) >= limits.qido_max_results:
         warnings.append(
             f"only the first {limits.qido_max_results} matches are returned; "
             "use limit and offset to page through the rest"
         )
-    return dicom_response(result.datasets, media_type=media_type, warnings=warnings)
+    return dicom_response(datasets, media_type=media_type, warnings=warnings)
+
+
+async def _with_parents(
+    context: SiteContext,
+    datasets: list[DicomJson],
+    level: Level,
+    scope: Scope,
+    scoped: Level | None,
+) -> list[DicomJson]:
+    """``datasets`` with the study (and series) attributes a search of all series or all
+    instances returns (PS3.18 10.6.3.3.2-3), asked of the PACS when its answer lacks them: one
+    search per hundred parents, by UID list."""
+    for parent in parents_needed(datasets, level, scoped):
+        tag = UID_TAGS[parent]
+        uids = list(dict.fromkeys(u for d in datasets if isinstance(u := first_value(d, tag), str)))
+        # A study's series are asked under the study: the PACS's own relational rules apply.
+        where = Scope(study=scope.study) if parent is Level.SERIES else Scope()
+        found: list[DicomJson] = []
+        for query in restrict_to(parse_qido([], parent), (), uids):
+            found += (await context.backend.search(query, where, context.base_url)).datasets
+        datasets = with_parents(datasets, parent, found)
+    return datasets
 
 
 async def search_studies(request: web.Request) -> web.Response:

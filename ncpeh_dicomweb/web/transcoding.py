@@ -5,7 +5,9 @@ temporary file, transcoded in the imaging pool (:func:`ncpeh_dicomweb.imaging.tr
 and streamed from the result, so memory holds one chunk, never one instance. A part the
 gateway cannot convert (video, say) is sent as stored and labelled as such: whether a syntax is
 producible was decided before the response started, from the table, so the stream is never cut
-for it (PS3.18 8.7.3.5.2: each part says what it carries).
+for it (PS3.18 8.7.3.5.2: each part says what it carries). A retrieve of one instance is the
+exception: its only part is converted before anything is sent, so an instance that cannot be
+given in the one syntax asked for is 406, as the client asked.
 """
 
 from __future__ import annotations
@@ -51,10 +53,15 @@ def _target(stored: str, wanted: str) -> str:
 
 
 async def transcoded(
-    events: AsyncGenerator[RetrieveEvent, None], wanted: str, pool: ImagingPool
+    events: AsyncGenerator[RetrieveEvent, None],
+    wanted: str,
+    pool: ImagingPool,
+    *,
+    single: bool = False,
 ) -> AsyncGenerator[RetrieveEvent, None]:
     """``events`` (each part labelled with the syntax it carries) with every part that can be
-    converted turned into ``wanted`` (a UID, or ``*``: as stored where the web allows)."""
+    converted turned into ``wanted`` (a UID, or ``*``: as stored where the web allows).
+    ``single``: the retrieve of one instance: one that cannot be converted is NotAcceptable."""
     async with aclosing(events):
         head: PartHead | None = None
         spool: _Spool | None = None
@@ -62,7 +69,7 @@ async def transcoded(
             async for event in events:
                 if isinstance(event, PartHead):
                     if head is not None and spool is not None:
-                        async with aclosing(_converted(head, spool, pool)) as out:
+                        async with aclosing(_converted(head, spool, pool, single)) as out:
                             async for piece in out:
                                 yield piece
                         spool.drop()
@@ -71,6 +78,8 @@ async def transcoded(
                     stored = part_syntax(event)
                     target = wanted if stored is None else _target(stored, wanted)
                     if stored is None or stored == target or not producible(stored, target):
+                        if single and stored is not None and stored != target:
+                            raise _unconvertible(stored, target)
                         if stored is not None and stored != target:
                             log.warning("an instance stored as %s sent as stored", stored)
                         head = None
@@ -82,7 +91,7 @@ async def transcoded(
                 else:
                     yield event
             if head is not None and spool is not None:
-                async with aclosing(_converted(head, spool, pool)) as out:
+                async with aclosing(_converted(head, spool, pool, single)) as out:
                     async for piece in out:
                         yield piece
         finally:
@@ -114,14 +123,23 @@ class _Spool:
         self.path.unlink(missing_ok=True)
 
 
+def _unconvertible(stored: str, target: str) -> NotAcceptable:
+    return NotAcceptable(
+        "the instance cannot be given in the transfer syntax asked for",
+        detail={"stored": stored, "asked": target},
+    )
+
+
 async def _converted(
-    head: PartHead, spool: _Spool, pool: ImagingPool
+    head: PartHead, spool: _Spool, pool: ImagingPool, single: bool
 ) -> AsyncGenerator[RetrieveEvent, None]:
     source = spool.close()
     with _temporary() as target:
         try:
             written = await pool.run(transcode, source, target, spool.target)
         except NotAcceptable as exc:
+            if single:
+                raise _unconvertible(part_syntax(head) or "unknown", spool.target) from None
             # This file cannot be converted (truncated, float pixels...): it goes as stored,
             # labelled as such, rather than cutting a study that is otherwise whole.
             log.warning("an instance sent as stored: %s", exc.message)

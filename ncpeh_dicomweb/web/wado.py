@@ -52,7 +52,16 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     async with study_guard(request, context, target):
         # The backend delivers instances as stored; the gateway converts what must be.
         events = context.backend.retrieve(target, context.base_url)
-        events = transcoded(events, media.transfer_syntax, request.app[IMAGING_POOL])
+        events = transcoded(
+            events,
+            media.transfer_syntax,
+            request.app[IMAGING_POOL],
+            # Strict only where the client named the syntax: the default (Explicit VR LE) of
+            # an instance that cannot be decoded (video) is given as stored, labelled.
+            single=target.instance is not None
+            and media.transfer_syntax != "*"
+            and "transfer-syntax" in (accept_of(request) or "").lower(),
+        )
         return await stream_parts(
             request,
             events,

@@ -142,6 +142,27 @@ def test_every_bulk_data_uri_resolves(
 
 
 @pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize("name", ["MR_small_jp2klossless.dcm", "CT_small.dcm"])
+def test_pixel_data_is_in_the_metadata_by_a_uri_that_names_its_parts(
+    loaded: Callable[[str], Loaded], dimse_gateway: DimseGateway, site: str, name: str
+) -> None:
+    """Every image's metadata has Pixel Data by BulkDataURI (Orthanc leaves it out of a
+    compressed instance's: the gateway adds it), and the bulk data retrieve at that URI names
+    its parts by it (PS3.18 10.4.3.3.5), with the frames' bytes."""
+    item = loaded(name)
+    (metadata,) = requests.get(f"{item.url(dimse_gateway, site)}/metadata", timeout=60).json()
+    uri = metadata["7FE00010"]["BulkDataURI"]
+    assert uri.startswith(dimse_gateway.root(site) + "/"), uri
+    answer = requests.get(uri, timeout=60)
+    assert answer.status_code == 200, answer.text[:300]
+    parts = split_multipart(answer.headers["Content-Type"], answer.content)
+    ds = pydicom.dcmread(item.path)
+    assert len(parts) == int(ds.get("NumberOfFrames") or 1)
+    for headers, _ in parts:
+        assert headers["content-location"] == uri
+
+
+@pytest.mark.parametrize("site", SITES)
 def test_dicomweb_client_frames_bulk_rendered(
     loaded: Callable[[str], Loaded], dimse_gateway: DimseGateway, site: str
 ) -> None:

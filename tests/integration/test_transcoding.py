@@ -148,3 +148,29 @@ def test_big_endian_becomes_explicit_little_endian_with_the_same_pixels(
     ds = pydicom.dcmread(io.BytesIO(body))
     assert str(ds.file_meta.TransferSyntaxUID) == ExplicitVRLittleEndian
     assert np.array_equal(ds.pixel_array, pydicom.dcmread(item.path).pixel_array)
+
+
+@pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "liver_1frame.dcm",  # 1-bit pixels: no JPEG 2000 form
+        "rtdose_1frame.dcm",  # 32 bits stored: past the encoder's 24
+        "badVR.dcm",  # an element pydicom cannot read: nothing can be re-encoded
+    ],
+)
+def test_one_instance_that_cannot_be_made_in_the_syntax_named_is_406(
+    loaded: Callable[[str], Loaded], dimse_gateway: DimseGateway, site: str, name: str
+) -> None:
+    """The syntax is named and the instance alone is asked for: 406 before anything is sent
+    (in a series it would go as stored, labelled: the rest of the series is still wanted)."""
+    item = loaded(name)
+    url = f"{_series_url(dimse_gateway, site, item)}/instances/{item.sop}"
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={JPEG2000Lossless}'
+    answer = requests.get(url, headers={"Accept": accept}, timeout=60)
+    assert answer.status_code == 406, answer.text[:300]
+    assert answer.json()["detail"]["asked"] == JPEG2000Lossless
+    # Not named (the default) or as stored: the instance is served.
+    for accept in ('multipart/related; type="application/dicom"; transfer-syntax=*', None):
+        parts = _retrieve(url, accept)
+        assert len(parts) == 1

@@ -52,3 +52,68 @@ def status_kb(pid: int, field: str) -> int:
 def reset_peak_rss(pid: int) -> None:
     """Writing 5 to clear_refs resets VmHWM (peak RSS) to the current RSS (Linux >= 4.0)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+# PS3.18 Tables 10.6.3-3/-4/-5: the type R return attributes (empty when the PACS has no value),
+# written out here rather than taken from the gateway's own tables.
+_REQUIRED = {
+    "study": [
+        *("StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy"),
+        *("ReferringPhysicianName", "PatientName", "PatientID", "PatientBirthDate", "PatientSex"),
+        *("StudyID", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"),
+    ],
+    "series": ["Modality", "SeriesNumber", "NumberOfSeriesRelatedInstances"],
+    "instance": ["SOPClassUID", "InstanceNumber"],
+}
+_UID = {"study": "0020000D", "series": "0020000E"}
+_PARENTS_OWN = {"00081190", "00080056", "00080201"}  # never copied from a parent
+
+
+def _hex(keyword: str) -> str:
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return f"{tag:08X}"
+
+
+def qido_as_answered(gateway_root: str, pacs: Pacs, path: str, body: list[Any]) -> list[Any]:
+    """What the gateway answers for the QIDO ``path`` the PACS answered ``body`` to, worked out
+    from PS3.18 10.6.3.3 and the PACS reached directly: URLs moved (:func:`as_seen_through`),
+    a search of all series or instances carrying its study's (and series') attributes as the
+    PACS answers for those, every type R attribute present (empty if unknown)."""
+    from pydicom.datadict import dictionary_VR
+
+    parts = path.strip("/").split("/")
+    level = {"studies": "study", "series": "series", "instances": "instance"}[parts[-1]]
+    parents: list[str] = []
+    if len(parts) == 1 and level != "study":
+        parents = ["study"] if level == "series" else ["study", "series"]
+    elif parts[0] == "studies" and len(parts) == 3 and level == "instance":
+        parents = ["series"]
+    answer: list[dict[str, Any]] = as_seen_through(gateway_root, pacs, body)
+    for parent in parents:
+        uid_tag = _UID[parent]
+        found = {}
+        for item in answer:
+            uid = item.get(uid_tag, {}).get("Value", [None])[0]
+            if uid is None or uid in found:
+                continue
+            if parent == "study":
+                where = "studies"
+            else:
+                where = "series" if len(parts) == 1 else f"studies/{parts[1]}/series"
+            (found[uid],) = as_seen_through(
+                gateway_root, pacs, pacs_json(pacs, where, f"{uid_tag}={uid}")
+            )
+        for item in answer:
+            uid = item.get(uid_tag, {}).get("Value", [None])[0]
+            for key, value in found.get(uid, {}).items():
+                if key not in item and key not in _PARENTS_OWN:
+                    item[key] = value
+    for lv in [*parents, level]:
+        for keyword in _REQUIRED[lv]:
+            tag = _hex(keyword)
+            for item in answer:
+                item.setdefault(tag, {"vr": dictionary_VR(tag).split(" or ")[0]})
+    return answer

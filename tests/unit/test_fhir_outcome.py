@@ -51,6 +51,7 @@ ERROR_ROWS = [
     (errors.Gone("deleted"), 410, "error", "deleted"),
     (errors.PayloadTooLarge("too big"), 413, "error", "too-costly"),
     (errors.UriTooLong("too long"), 414, "error", "too-long"),
+    (errors.TooManyRequests("slow down"), 429, "error", "throttled"),
     (errors.UnsupportedMediaType("xml body"), 415, "error", "not-supported"),
     (errors.Unprocessable("no such instance"), 422, "error", "processing"),
     (errors.UpstreamRejected(409, "conflict"), 409, "error", "conflict"),
