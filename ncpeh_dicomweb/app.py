@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from prometheus_client import Counter as MetricCounter
 
 from .backends.base import Backend
 from .backends.dicomweb import DicomWebBackend
@@ -15,12 +16,14 @@ from .backends.dimse.backend import DimseBackend
 from .backends.rejections import RejectionFilter
 from .config import DicomWebSite, Settings, Site
 from .imaging.pool import ImagingPool
+from .metrics import GatewayMetrics, MeteredBackend
 from .state import open_store
 from .web import (
     fhir,
     fhir_patient,
     fhir_selection,
     health,
+    metrics,
     pixels,
     qido,
     selection_retrieve,
@@ -40,6 +43,7 @@ from .web.keys import (
     STORE,
 )
 from .web.metadata_cache import MetadataCache
+from .web.metrics import METRICS, metrics_context, metrics_middleware
 from .web.middleware import error_middleware
 from .web.server import add_server_header
 from .web.tls import client_certificate_middlewares
@@ -58,11 +62,13 @@ def create_app(settings: Settings) -> web.Application:
     line = settings.limits.max_query_string + 4096
     authenticator = authenticator_for(settings)
     app = web.Application(
-        # Outermost first: errors (renders every refusal in the route's form) → client
-        # certificate (web/tls.py: only when asked; the audit reads it) → audit (every data
-        # request, refused ones included, with its request id) → cors (answers preflights,
-        # before any token is asked) → auth (token and scope; off without a key source).
+        # Outermost first: metrics (times and counts every answer, as sent) → errors
+        # (renders every refusal in the route's form) → client certificate (web/tls.py: only
+        # when asked; the audit reads it) → audit (every data request, refused ones included,
+        # with its request id) → cors (answers preflights, before any token is asked) → auth
+        # (token and scope; off without a key source).
         middlewares=[
+            metrics_middleware,
             error_middleware,
             *client_certificate_middlewares(settings),
             audit_middleware,
@@ -72,12 +78,14 @@ def create_app(settings: Settings) -> web.Application:
         handler_args={"max_line_size": line, "max_field_size": 16384},
     )
     app[SETTINGS] = settings
+    app[METRICS] = GatewayMetrics()
     app[BACKENDS] = {}
     app[ACTIVE_STREAMS] = set[asyncio.BaseTransport]()
     app[CLIENT_STREAMS] = Counter()
     app[METADATA_CACHE] = MetadataCache(max_bytes=_METADATA_BYTES, ttl=_METADATA_TTL)
     app.cleanup_ctx.append(audit_context)  # first in, last out: the last requests are recorded
     app.cleanup_ctx.append(_backends)
+    app.cleanup_ctx.append(metrics_context)  # after the backends: publishes before they close
     app.cleanup_ctx.append(_imaging_pool)
     if authenticator is not None:
         app.on_cleanup.append(lambda _: authenticator.close())
@@ -97,6 +105,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(fhir.vendor_routes())
     app.cleanup_ctx.append(_state)
     app.add_routes(health.routes())
+    app.add_routes(metrics.routes())
     app.add_routes(viewer.routes(settings))  # OHIF at /viewer/, if configured
     return app
 
@@ -110,8 +119,9 @@ async def _cut_streams(app: web.Application) -> None:
 async def _backends(app: web.Application) -> AsyncIterator[None]:
     backends: dict[str, Backend] = app[BACKENDS]
     try:
+        requests = app[METRICS].backend_requests
         for site in app[SETTINGS].sites:
-            backends[site.id] = _backend(site)
+            backends[site.id] = _backend(site, requests)
         yield
     finally:
         for backend in backends.values():
@@ -139,12 +149,14 @@ async def _imaging_pool(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(pool.close)
 
 
-def _backend(site: Site) -> Backend:
-    inner: Backend
+def _backend(site: Site, requests: MetricCounter) -> Backend:
+    direct: Backend
     if isinstance(site, DicomWebSite):
-        inner = DicomWebBackend.create(site)
+        direct = DicomWebBackend.create(site)
     else:
-        inner = DimseBackend.create(site)
+        direct = DimseBackend.create(site)
+    # Counted next to the PACS: what the IOCM filter answers itself never reached it.
+    inner = MeteredBackend(direct, site.id, requests)
     if not site.iocm:
         return inner
     # IHE IOCM: what the PACS's rejection notes reject (and the notes) is never served; the

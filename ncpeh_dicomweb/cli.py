@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -15,6 +16,7 @@ from conformance import cli as conformance_cli
 
 from .app import create_app
 from .config import (
+    MAX_WORKERS,
     AuthSettings,
     ConfigError,
     Settings,
@@ -33,6 +35,7 @@ from .state import StoreOpenError
 from .web.middleware import AccessLogger, RedactServerErrors
 from .web.server import serve
 from .web.tls import server_context
+from .web.workers import check_workers, supervise, watch_supervisor, worker_settings
 
 __all__ = ["main"]
 
@@ -51,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--cache-dir", help="instance cache of a DIMSE site (default: temporary)")
         p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="port to listen on (default 8080)")
+        p.add_argument(
+            "--workers", type=int, metavar="N", help="processes serving the port (default 1)"
+        )
         p.add_argument("--public-url", help="the gateway's public base URL")
         p.add_argument("--viewer-dir", help="serve this OHIF dist/ at /viewer/ (scripts/ohif.sh)")
         p.add_argument(
@@ -71,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
             help="an audience (aud) the tokens must name; repeatable",
         )
         p.add_argument("--log-level", default=os.environ.get("NCPEH_LOG_LEVEL", "INFO"))
+        # Set by the supervisor of --workers N on the workers it starts (web/workers.py).
+        p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+        p.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
     conformance = sub.add_parser(
         "conformance",
         help="check a DICOMweb/FHIR endpoint",
@@ -115,6 +124,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         if not 0 <= args.port <= 65535:
             raise ConfigError(f"--port: {args.port} is not a port number")
         overrides["port"] = args.port
+    if args.workers is not None:
+        if not 1 <= args.workers <= MAX_WORKERS:
+            raise ConfigError(f"--workers: {args.workers} is not between 1 and {MAX_WORKERS}")
+        overrides["workers"] = args.workers
     if args.public_url:
         overrides["public_url"] = check_http_url(args.public_url, "--public-url")
     if args.viewer_dir:
@@ -154,11 +167,14 @@ def _auth_flags(args: argparse.Namespace, settings: Settings) -> AuthSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if args.command == "conformance":
         return conformance_cli.run_args(args)
+    worker = "" if args.worker is None else f"[worker {args.worker}] "
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s {worker}%(name)s: %(message)s",
     )
     logging.getLogger("aiohttp.server").addFilter(RedactServerErrors())
     # pynetdicom logs every DIMSE message at INFO (and identifiers, i.e. patient data, at DEBUG).
@@ -166,11 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         exposure = check_exposure(settings)  # safe by default: see config.check_exposure
+        check_workers(settings)
         # Built for check-config too: OpenSSL has the last word on the files.
         ssl_context = None if settings.tls is None else server_context(settings.tls)
     except ConfigError as exc:
         print(f"ncpeh-dicomweb: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.worker is not None:
+        return _serve_worker(settings, ssl_context, args.worker, args.supervisor or os.getppid())
     if exposure is not None:
         logging.getLogger(__name__).warning("%s", exposure)
     if settings.public_url is None:
@@ -189,10 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokens = f"bearer tokens from {auth.key_source}" if auth.active else "OFF"
         print(
             f"configuration OK: sites {sites}; default {settings.default_site}{viewer}; "
-            f"auth {tokens}; {_transport(settings)}"
+            f"auth {tokens}; {_transport(settings)}; {settings.workers} worker(s)"
         )
         return 0
     logging.getLogger(__name__).info("%s", _transport(settings))
+    if settings.workers > 1:
+        return supervise(argv, workers=settings.workers, host=settings.host, port=settings.port)
     try:
         # web.run_app, with our refusals of malformed requests and a request-head timeout.
         serve(
@@ -203,6 +224,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             head_timeout=settings.request_header_timeout,
             access_log_class=AccessLogger,
             print_=lambda text: print(text, flush=True),
+        )
+    except StoreOpenError as exc:
+        print(f"ncpeh-dicomweb: state store: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _serve_worker(
+    settings: Settings, ssl_context: ssl.SSLContext | None, slot: int, supervisor: int
+) -> int:
+    """One of the workers of ``serve --workers N`` (web/workers.py); the supervisor warned."""
+    app = create_app(worker_settings(settings, slot))
+    app.cleanup_ctx.append(watch_supervisor(supervisor))
+    try:
+        serve(
+            app,
+            host=settings.host,
+            port=settings.port,
+            ssl_context=ssl_context,
+            head_timeout=settings.request_header_timeout,
+            access_log_class=AccessLogger,
+            print_=lambda text: print(f"[worker {slot}] {text}", flush=True),
+            reuse_port=True,
         )
     except StoreOpenError as exc:
         print(f"ncpeh-dicomweb: state store: {exc}", file=sys.stderr)

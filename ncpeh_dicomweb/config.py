@@ -12,10 +12,13 @@ Example::
     host = "0.0.0.0"
     port = 8080
     request_header_timeout = 15              # seconds a client may take to send a request head
+    workers = 1                              # processes serving the port (web/workers.py)
     tls_cert = "/etc/ncpeh/server.pem"       # optional: serve HTTPS (PEM certificate chain)
     tls_key = "/etc/ncpeh/server.key"        # its key (passphrase: NCPEH_TLS_KEY_PASSWORD)
     tls_client_ca = "/etc/ncpeh/clients-ca.pem"  # optional: verify client certificates
     tls_client_cert = "required"             # required (default with a CA) | optional | none
+    tls_client_crl = "/etc/ncpeh/clients.crl.pem"  # optional: the CAs' CRLs (PEM), re-read
+    tls_client_crl_interval = 60             # when its mtime changes, looked at this often
     [server.tls_client_identities]           # optional: RFC 4514 subject = client id
     "CN=ncp-cz,O=NCPeH CZ,C=CZ" = "ncpeh-cz"
 
@@ -57,6 +60,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import datetime
 import ipaddress
 import os
 import re
@@ -79,6 +83,7 @@ from .security.scopes import CONFIGURABLE, DEFAULT_SCOPES, Interaction, is_scope
 from .security.tokens import DEFAULT_ALGORITHMS, SUPPORTED_ALGORITHMS
 
 __all__ = [
+    "MAX_WORKERS",
     "AuthSettings",
     "ConfigError",
     "DicomWebSite",
@@ -88,6 +93,7 @@ __all__ = [
     "TlsSettings",
     "auth_from_mapping",
     "check_auth",
+    "check_client_crls",
     "check_database_url",
     "check_exposure",
     "check_http_url",
@@ -103,6 +109,7 @@ __all__ = [
 ]
 
 _SITE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+MAX_WORKERS = 64  # [server] workers, serve --workers
 
 
 class ConfigError(ValueError):
@@ -183,6 +190,10 @@ class TlsSettings:
     min_version: Literal["1.2", "1.3"] = "1.2"
     # (RFC 4514 subject as check_subject normalizes it, client id): who a certificate is for.
     client_identities: tuple[tuple[str, str], ...] = ()
+    # PEM: CRLs of the client CAs (one for each), checked by check_client_crls; web/tls.py
+    # reads the file again when its mtime changes, looking every client_crl_interval seconds.
+    client_crl: str | None = None
+    client_crl_interval: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +250,8 @@ class Settings:
     port: int = 8080
     # Seconds a client may take to send a request's head (slowloris); web/server.py.
     request_header_timeout: float = 15.0
+    # Processes serving the port, each the whole gateway (SO_REUSEPORT); web/workers.py.
+    workers: int = 1
     tls: TlsSettings | None = None  # HTTPS ([server] tls_*); None: plain HTTP
     limits: Limits = Limits()
     viewer_dir: str | None = None  # OHIF's prebuilt dist/, served at /viewer/; None: no viewer
@@ -313,7 +326,15 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
     server = _table(raw, "server")
     _no_unknown(
         server,
-        {"host", "port", "request_header_timeout", "cors_origins", "trusted_proxies", *_TLS_KEYS},
+        {
+            "host",
+            "port",
+            "request_header_timeout",
+            "workers",
+            "cors_origins",
+            "trusted_proxies",
+            *_TLS_KEYS,
+        },
         "server.",
     )
     limits_raw = _table(raw, "limits")
@@ -345,6 +366,7 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
         host=_opt_str(server, "host", "server.") or "127.0.0.1",
         port=_int(server, "port", "server.", 8080, 0, 65535),
         request_header_timeout=_number(server, "request_header_timeout", "server.", 15.0, 1, 3600),
+        workers=_int(server, "workers", "server.", 1, 1, MAX_WORKERS),
         tls=tls_from_mapping(server, env),
         limits=Limits(
             qido_max_results=_int(limits_raw, "qido_max_results", "limits.", 1000, 1, 100_000),
@@ -380,6 +402,8 @@ _TLS_KEYS = {
     "tls_client_cert",
     "tls_min_version",
     "tls_client_identities",
+    "tls_client_crl",
+    "tls_client_crl_interval",
 }
 _TLS_CLIENT_CERT = ("required", "optional", "none")
 _TLS_VERSIONS: dict[object, Literal["1.2", "1.3"]] = {  # TOML may say "1.2" or 1.2
@@ -389,6 +413,8 @@ _TLS_VERSIONS: dict[object, Literal["1.2", "1.3"]] = {  # TOML may say "1.2" or 
     1.3: "1.3",
 }
 _PEM_MAX_BYTES = 1 << 20
+_CRL_MAX_BYTES = 64 << 20  # a large CA's CRL runs to megabytes
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 # Attribute names openssl prints (`-nameopt RFC2253`) beyond those RFC 4514 itself knows.
 _SUBJECT_NAMES = {
     "emailAddress": NameOID.EMAIL_ADDRESS,
@@ -487,6 +513,13 @@ def tls_from_mapping(server: Mapping[str, Any], env: Mapping[str, str]) -> TlsSe
         if normal in mapped:
             raise ConfigError(f"{key_name}: the same subject as another entry ({normal})")
         mapped[normal] = client_id.strip()
+    crl_value = _opt_str(server, "tls_client_crl", where)
+    crl_path = None
+    if crl_value is not None:
+        crl_path = check_client_crls(crl_value, ca_path)[0]
+    elif "tls_client_crl_interval" in server:
+        raise ConfigError("server.tls_client_crl_interval: needs server.tls_client_crl")
+    interval = _number(server, "tls_client_crl_interval", where, 60, 1, 3600)
     return TlsSettings(
         cert_file=cert_path,
         key_file=key_path,
@@ -495,7 +528,115 @@ def tls_from_mapping(server: Mapping[str, Any], env: Mapping[str, str]) -> TlsSe
         client_cert=mode,
         min_version=_TLS_VERSIONS[version],
         client_identities=tuple(sorted(mapped.items())),
+        client_crl=crl_path,
+        client_crl_interval=interval,
     )
+
+
+def check_client_crls(
+    value: str,
+    ca_file: str | None,
+    *,
+    key: str = "server.tls_client_crl",
+    now: datetime.datetime | None = None,
+) -> tuple[str, tuple[x509.CertificateRevocationList, ...]]:
+    """(absolute path, the CRLs) of the PEM file ``value``, as OpenSSL would use them to check
+    the client certificates of the CAs in ``ca_file`` (``X509_V_FLAG_CRL_CHECK``, leaf only);
+    else ConfigError naming ``key``. The file holds CRLs only (a certificate in it would be
+    trusted like one in tls_client_ca): each signed by a CA of ``ca_file`` (whose key usage
+    allows it), valid now (OpenSSL refuses every certificate of a CA whose CRL is expired or
+    not yet valid), no delta CRL (OpenSSL would ignore it); and every CA of ``ca_file`` has
+    one (OpenSSL refuses every certificate of a CA without a CRL)."""
+    if ca_file is None:
+        raise ConfigError(
+            f"{key}: needs server.tls_client_ca (the CAs whose client certificates these "
+            "CRLs revoke)"
+        )
+    path = Path(value).expanduser().resolve()
+    try:
+        with path.open("rb") as file:
+            data = file.read(_CRL_MAX_BYTES + 1)
+        with Path(ca_file).open("rb") as file:
+            cas = x509.load_pem_x509_certificates(file.read(_PEM_MAX_BYTES + 1))
+    except OSError as exc:
+        what = value if exc.filename == str(path) else f"server.tls_client_ca {ca_file!r}"
+        raise ConfigError(f"{key}: cannot read {what!r} ({exc.strerror})") from None
+    except ValueError:
+        raise ConfigError(f"{key}: server.tls_client_ca {ca_file!r} holds no certificate") from None
+    if len(data) > _CRL_MAX_BYTES:
+        raise ConfigError(f"{key}: {value!r} is larger than {_CRL_MAX_BYTES} bytes")
+    blocks = _PEM_BLOCK.findall(data)
+    others = sorted({label.decode() for label, _ in blocks if label != b"X509 CRL"})
+    if others:
+        raise ConfigError(
+            f"{key}: {value!r} holds a PEM {others[0]}: only CRLs (-----BEGIN X509 CRL-----) "
+            "belong in it (the CAs go in server.tls_client_ca)"
+        )
+    if not blocks:
+        raise ConfigError(f"{key}: {value!r} holds no PEM CRL (-----BEGIN X509 CRL-----)")
+    now = now or datetime.datetime.now(datetime.UTC)
+    crls: list[x509.CertificateRevocationList] = []
+    covered: set[int] = set()  # indexes in cas of the CAs with a CRL
+    for number, (_, body) in enumerate(blocks, 1):
+        block = b"-----BEGIN X509 CRL-----" + body + b"-----END X509 CRL-----"
+        try:
+            crl = x509.load_pem_x509_crl(block)
+        except ValueError:
+            raise ConfigError(f"{key}: CRL {number} in {value!r} is not an X.509 CRL") from None
+        issuer = crl.issuer.rfc4514_string()
+        which = f"{key}: the CRL of {issuer} in {value!r}"
+        with contextlib.suppress(x509.ExtensionNotFound):
+            crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
+            raise ConfigError(f"{which} is a delta CRL: give the full CRL")
+        named = [i for i, ca in enumerate(cas) if ca.subject == crl.issuer]
+        if not named:
+            raise ConfigError(
+                f"{which}: {issuer} is not one of the CAs in server.tls_client_ca {ca_file!r}"
+            )
+        signers = [i for i in named if _signed_by(crl, cas[i])]
+        if not signers:
+            raise ConfigError(
+                f"{which} is not signed by that CA (the one in server.tls_client_ca {ca_file!r})"
+            )
+        for i in signers:
+            with contextlib.suppress(x509.ExtensionNotFound):
+                usage = cas[i].extensions.get_extension_for_class(x509.KeyUsage).value
+                if not usage.crl_sign:
+                    raise ConfigError(
+                        f"{which}: the CA's key usage does not allow CRL signing (cRLSign): "
+                        "OpenSSL would refuse the CRL, and so every client certificate"
+                    )
+        if crl.last_update_utc > now:
+            raise ConfigError(
+                f"{which} is not valid before {crl.last_update_utc:%Y-%m-%d %H:%M:%S} UTC "
+                "(its lastUpdate): until then OpenSSL would refuse every client certificate "
+                "of that CA"
+            )
+        next_update = crl.next_update_utc
+        if next_update is not None and next_update <= now:
+            raise ConfigError(
+                f"{which} expired at {next_update:%Y-%m-%d %H:%M:%S} UTC (its nextUpdate): "
+                "OpenSSL would refuse every client certificate of that CA; publish a fresh CRL"
+            )
+        covered.update(signers)
+        crls.append(crl)
+    for i, ca in enumerate(cas):
+        if i not in covered:
+            raise ConfigError(
+                f"{key}: {value!r} holds no CRL of the CA {ca.subject.rfc4514_string()} (in "
+                f"server.tls_client_ca): with CRL checking OpenSSL refuses every client "
+                "certificate of a CA without a CRL; add its CRL (an empty one if it revokes "
+                "nothing)"
+            )
+    return str(path), tuple(crls)
+
+
+def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    try:
+        # X25519/X448/DH keys cannot sign: TypeError, caught below.
+        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError, UnsupportedAlgorithm):  # a key that cannot sign CRLs
+        return False
 
 
 def check_subject(value: str, key: str) -> str:

@@ -228,7 +228,17 @@ class DicomWebBackend:
             pass
 
     def stats(self) -> dict[str, int]:
-        return {"instance_fetches": self._files.fetches, "pacs_requests": self._requests}
+        cache = self._files.stats
+        return {
+            "instance_fetches": self._files.fetches,
+            "pacs_requests": self._requests,
+            "shared": self._files.joins,
+            "cache_entries": cache.entries,
+            "cache_bytes": cache.bytes,
+            "cache_hits": cache.hits,
+            "cache_misses": cache.misses,
+            "cache_evictions": cache.evictions,
+        }
 
     async def close(self) -> None:
         await self._files.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import BackendError
 from .base import PartHead, RetrieveEvent, Target
-from .cache import CachedInstance, InstanceCache
+from .cache import CachedInstance, CacheStats, InstanceCache
 
 __all__ = ["InstanceFiles"]
 
@@ -31,6 +31,11 @@ class InstanceFiles:
         self._cache = InstanceCache(self._root, max_bytes)
         self._fetching: dict[_Key, asyncio.Task[None]] = {}
         self.fetches = 0
+        self.joins = 0  # requests that waited for a fetch already under way
+
+    @property
+    def stats(self) -> CacheStats:
+        return self._cache.stats
 
     def has(self, target: Target) -> bool:
         """Whether the instance is on disk now (it may still be evicted before use)."""
@@ -59,6 +64,8 @@ class InstanceFiles:
                 task = asyncio.get_running_loop().create_task(self._fetch(key, fetch))
                 self._fetching[key] = task
                 task.add_done_callback(lambda t: self._done(key, t))
+            else:
+                self.joins += 1
             # Shielded: a client that goes away does not cancel a fetch others may share.
             await asyncio.shield(task)
         raise BackendError("the instance could not be kept long enough to be used")

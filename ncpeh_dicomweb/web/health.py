@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from aiohttp import web
 
@@ -34,9 +35,11 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    """Per-site counters (DIMSE operations, cache use); numbers only, no patient data."""
+    """Per-site counters (DIMSE operations, cache use) of the process that answers (its
+    ``pid``: one of several workers); numbers only, no patient data."""
     backends = request.app[BACKENDS]
-    return web.json_response({"sites": {site: b.stats() for site, b in backends.items()}})
+    sites = {site: b.stats() for site, b in backends.items()}
+    return web.json_response({"pid": os.getpid(), "sites": sites})
 
 
 def routes() -> list[web.RouteDef]:

@@ -306,6 +306,7 @@ async def _run(
     head_timeout: float,
     access_log_class: type[AbstractAccessLogger],
     print_: Callable[[str], None] | None,
+    reuse_port: bool,
 ) -> None:
     runner = GatewayRunner(
         app,
@@ -316,7 +317,7 @@ async def _run(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port)
         await site.start()
         if print_ is not None:
             names = sorted(str(s.name) for s in runner.sites)
@@ -337,9 +338,11 @@ def serve(
     head_timeout: float = 15.0,
     access_log_class: type[AbstractAccessLogger] = AccessLogger,
     print_: Callable[[str], None] | None = print,
+    reuse_port: bool = False,
 ) -> None:
     """Run ``app`` until SIGINT or SIGTERM, as ``web.run_app`` does, with our server. An
-    exception of the app's startup (or of the server) propagates."""
+    exception of the app's startup (or of the server) propagates. ``reuse_port``: listen with
+    ``SO_REUSEPORT``, beside the other workers on the port (web/workers.py)."""
     loop = asyncio.new_event_loop()
     main = loop.create_task(
         _run(
@@ -350,6 +353,7 @@ def serve(
             head_timeout=head_timeout,
             access_log_class=access_log_class,
             print_=print_,
+            reuse_port=reuse_port,
         )
     )
     try:

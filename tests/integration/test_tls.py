@@ -5,11 +5,15 @@ the test (tests/unit/test_tls.py ``make_pki``).
 With client certificates required, a client without one, or with one from another CA, is
 refused in the TLS handshake and never gets an answer; a client with a trusted certificate is
 served, and the URLs in the answer are https://. With them optional, a client without one is
-served too. A TLS 1.1 client is refused whatever it sends."""
+served too. A TLS 1.1 client is refused whatever it sends.
+
+With a CRL (tls_client_crl), a revoked certificate is refused in the handshake; when the CRL
+file is replaced, the gateway reads it again (a bad one is logged and changes nothing)."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import socket
 import ssl
 import subprocess
@@ -17,7 +21,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +29,7 @@ import pytest
 import requests
 
 from tests.conftest import ROOT, Pacs, free_port, stop_gateway
-from tests.unit.test_tls import CLIENT_SUBJECT, Pki, make_pki
+from tests.unit.test_tls import CLIENT_SUBJECT, Pki, make_pki, write_crl
 
 pytestmark = pytest.mark.integration
 
@@ -260,3 +264,108 @@ def test_plain_http_on_the_https_port_gets_no_answer(gateway: TlsGateway) -> Non
     assert b"HTTP/" not in answer
     # ...and the gateway serves the next client as before.
     assert gateway.get(LIVE, cert=gateway.trusted).status_code == 200
+
+
+# ---------------------------------------------------------------------- revocation (CRLs)
+
+
+@pytest.fixture
+def crl_gateway(pacs: Pacs, pki: Pki, tmp_path: Path) -> Iterator[tuple[TlsGateway, Path]]:
+    """A gateway requiring client certificates, checked against a CRL (revoking
+    pki.revoked_cert) it looks at every second; the CRL file."""
+    port = free_port()
+    crl = write_crl(pki, tmp_path / "clients.crl.pem", [pki.revoked_cert])
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"""
+default_site = "main"
+[server]
+host = "127.0.0.1"
+port = {port}
+tls_cert = "{pki.server_cert}"
+tls_key = "{pki.server_key}"
+tls_client_ca = "{pki.ca}"
+tls_client_cert = "required"
+tls_client_crl = "{crl}"
+tls_client_crl_interval = 1
+[[sites]]
+id = "main"
+url = "{pacs.dicomweb_root}"
+[state]
+sqlite = "{tmp_path / "state.sqlite3"}"
+"""
+    )
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ncpeh_dicomweb.cli", "serve", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    tls_gateway = TlsGateway(url=f"https://127.0.0.1:{port}", port=port, pki=pki, log=log)
+    _wait_until_live(proc, tls_gateway)
+    try:
+        yield tls_gateway, crl
+    finally:
+        stop_gateway(proc, log)  # and no traceback logged, refused handshakes included
+
+
+def _refused_get(gateway: TlsGateway, cert: tuple[Path, Path]) -> bool:
+    try:
+        gateway.get(LIVE, cert=cert)
+    except requests.ConnectionError:  # SSLError is one
+        return True
+    return False
+
+
+def _eventually(check: Callable[[], bool], what: str, gateway: TlsGateway) -> None:
+    """Ask until ``check()`` (the gateway looks at the file when a handshake comes, at most
+    once a second, and reads it in a thread: the change shows a few handshakes later)."""
+    deadline = time.monotonic() + 20
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not {what}:\n{gateway.log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def test_revoked_certificate_is_refused_and_the_crl_reloaded(
+    crl_gateway: tuple[TlsGateway, Path],
+) -> None:
+    gateway, crl = crl_gateway
+    pki = gateway.pki
+    revoked = (pki.revoked_cert, pki.revoked_key)
+    response = gateway.get(QIDO, cert=gateway.trusted)
+    assert response.status_code == 200 and response.json()
+    with pytest.raises(requests.ConnectionError):  # refused in the handshake, no answer
+        gateway.get(QIDO, cert=revoked)
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+        _refused(gateway.port, _client(pki, revoked, version))
+
+    # A bad CRL (expired: OpenSSL would refuse everyone) is logged; the one in force stays.
+    write_crl(
+        pki,
+        crl,
+        [],
+        last_update=-datetime.timedelta(hours=2),
+        next_update=-datetime.timedelta(hours=1),
+    )
+    _eventually(
+        lambda: (
+            gateway.get(LIVE, cert=gateway.trusted).status_code == 200
+            and "stay in force" in gateway.log.read_text()
+        ),
+        "the bad CRL logged",
+        gateway,
+    )
+    assert "expired at" in gateway.log.read_text()
+    assert gateway.get(QIDO, cert=gateway.trusted).status_code == 200
+    assert _refused_get(gateway, revoked)
+
+    # A new CRL revoking the good certificate too: read again, that client is refused.
+    write_crl(pki, crl, [pki.revoked_cert, pki.client_cert])
+    _eventually(lambda: _refused_get(gateway, gateway.trusted), "the new CRL in force", gateway)
+    assert "read again: 1 CRL(s), 2 revoked certificate(s)" in gateway.log.read_text()
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+        _refused(gateway.port, _client(pki, gateway.trusted, version))
+        _refused(gateway.port, _client(pki, revoked, version))

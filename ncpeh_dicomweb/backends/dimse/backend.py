@@ -415,6 +415,9 @@ class DimseBackend:
             "cache_entries": cache.entries,
             "cache_bytes": cache.bytes,
             "cache_evictions": cache.evictions,
+            "cache_hits": cache.hits,
+            "cache_misses": cache.misses,
+            "associations_open": self._pool.open_associations,
             "flights_in_progress": len(self._flights),
             "association_threads": _association_threads(),
         }

@@ -132,6 +132,12 @@ class AssociationPool:
                 self._leased -= 1
             self._slots.release()
 
+    @property
+    def open_associations(self) -> int:
+        """Associations open now: idle ones and those leased (one being opened counts)."""
+        with self._lock:
+            return len(self._idle) + self._leased
+
     def abort_soon(self, assoc: Association) -> None:
         """Abort an association without waiting (a client gave up).
 
