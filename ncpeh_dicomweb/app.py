@@ -111,7 +111,14 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _cut_streams(app: web.Application) -> None:
+    """At a stop (the server no longer accepts): let the retrievals under way finish, for up
+    to ``[server] shutdown_grace`` seconds, then cut what is left, so that a stalled client
+    cannot hold the process (a cut stream never looks whole: the connection is reset)."""
     streams: set[asyncio.BaseTransport] = app[ACTIVE_STREAMS]
+    deadline = asyncio.get_running_loop().time() + app[SETTINGS].shutdown_grace
+    # Polled: the set is the streams' own bookkeeping, and this runs once, at the stop.
+    while streams and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
     for transport in tuple(streams):
         transport.abort()  # type: ignore[attr-defined]
 

@@ -12,6 +12,7 @@ Example::
     host = "0.0.0.0"
     port = 8080
     request_header_timeout = 15              # seconds a client may take to send a request head
+    shutdown_grace = 20                      # at SIGTERM, seconds streams under way may finish in
     workers = 1                              # processes serving the port (web/workers.py)
     tls_cert = "/etc/ncpeh/server.pem"       # optional: serve HTTPS (PEM certificate chain)
     tls_key = "/etc/ncpeh/server.key"        # its key (passphrase: NCPEH_TLS_KEY_PASSWORD)
@@ -250,6 +251,8 @@ class Settings:
     port: int = 8080
     # Seconds a client may take to send a request's head (slowloris); web/server.py.
     request_header_timeout: float = 15.0
+    # At a stop, how long retrievals under way may take to finish before they are cut.
+    shutdown_grace: float = 20.0
     # Processes serving the port, each the whole gateway (SO_REUSEPORT); web/workers.py.
     workers: int = 1
     tls: TlsSettings | None = None  # HTTPS ([server] tls_*); None: plain HTTP
@@ -330,6 +333,7 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
             "host",
             "port",
             "request_header_timeout",
+            "shutdown_grace",
             "workers",
             "cors_origins",
             "trusted_proxies",
@@ -366,6 +370,7 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
         host=_opt_str(server, "host", "server.") or "127.0.0.1",
         port=_int(server, "port", "server.", 8080, 0, 65535),
         request_header_timeout=_number(server, "request_header_timeout", "server.", 15.0, 1, 3600),
+        shutdown_grace=_number(server, "shutdown_grace", "server.", 20.0, 0, 3600),
         workers=_int(server, "workers", "server.", 1, 1, MAX_WORKERS),
         tls=tls_from_mapping(server, env),
         limits=Limits(

@@ -263,7 +263,7 @@ def stop_gateway(proc: subprocess.Popen[bytes], log: Path) -> None:
     """Ctrl-C it, and fail if it ever logged a traceback."""
     proc.send_signal(signal.SIGINT)
     try:
-        proc.wait(timeout=15)
+        proc.wait(timeout=40)  # streams under way get [server] shutdown_grace (20 s) to finish
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
