@@ -21,7 +21,7 @@ from ..config import DicomWebSite
 from ..dicomweb import multipart
 from ..dicomweb.attributes import Level
 from ..dicomweb.dicomjson import UrlRewriter, rewrite_urls, with_pixel_data_uris
-from ..dicomweb.matching import loosen_for_upstream, matches_all
+from ..dicomweb.matching import loosen_for_upstream, matches_all, unchecked_keys
 from ..dicomweb.part10 import NEED_MORE, transfer_syntax_of
 from ..dicomweb.query import QidoQuery, encode_query, to_params
 from ..dicomweb.uids import is_valid_uid
@@ -111,12 +111,18 @@ class DicomWebBackend:
         """One upstream search; keys the PACS cannot receive as they are go up loosened."""
         loosened = {k: w for k in query.keys if (w := loosen_for_upstream(k)) is not None}
         if not loosened:
-            return await self._qido(query, scope, warnings)
-        wide = replace(
-            query, keys=tuple(loosened.get(k, k) for k in query.keys), limit=None, offset=0
-        )
-        candidates = await self._qido(wide, scope, warnings)
-        return page([d for d in candidates if matches_all(d, loosened)], query)
+            found = await self._qido(query, scope, warnings)
+        else:
+            wide = replace(
+                query, keys=tuple(loosened.get(k, k) for k in query.keys), limit=None, offset=0
+            )
+            candidates = await self._qido(wide, scope, warnings)
+            found = page([d for d in candidates if matches_all(d, loosened)], query)
+        for key in unchecked_keys(found, query):
+            note = f"the PACS does not return {key.name}: matches on it could not be checked"
+            if note not in warnings:
+                warnings.append(note)
+        return found
 
     async def _qido(self, query: QidoQuery, scope: Scope, warnings: list[str]) -> list[DicomJson]:
         path = _qido_path(query.level, scope)

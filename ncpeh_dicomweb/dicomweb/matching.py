@@ -9,13 +9,19 @@ and for keys a DIMSE peer ignores. Matching here is character-wise: `?` is one c
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .query import MatchKey, MatchKind
+from .query import MatchKey, MatchKind, QidoQuery
 
-__all__ = ["key_matches", "loosen_for_upstream", "loosen_wildcards", "matches_all"]
+__all__ = [
+    "key_matches",
+    "loosen_for_upstream",
+    "loosen_wildcards",
+    "matches_all",
+    "unchecked_keys",
+]
 
 # Characters a query value cannot carry to a PACS that does not percent-decode its query
 # string (Orthanc 1.10): each run of them is sent as `*` instead, and the exact match is then
@@ -74,6 +80,23 @@ def _loosen_part(value: str) -> str:
         return value
     wide = _STARS.sub("*", value.replace("?", "*"))
     return "?*" if wide == "*" else wide
+
+
+def unchecked_keys(datasets: Sequence[dict[str, Any]], query: QidoQuery) -> list[MatchKey]:
+    """The keys of ``query`` (of its level or above) that no answer carries: a PACS that
+    returns a matched attribute (PS3.18 10.6.3.3: it shall) but not this one ignored it, or
+    matched without saying on what, so the answers are unchecked for it. None without
+    answers (nothing to tell), for universal keys, and for names matched fuzzily."""
+    if not datasets:
+        return []
+    return [
+        key
+        for key in query.keys
+        if key.kind is not MatchKind.UNIVERSAL
+        and (key.level is None or key.level.depth <= query.level.depth)
+        and not (query.fuzzymatching and key.vr == "PN")
+        and not any(f"{key.path[0]:08X}" in dataset for dataset in datasets)
+    ]
 
 
 def matches_all(dataset: dict[str, Any], keys: Iterable[MatchKey]) -> bool:

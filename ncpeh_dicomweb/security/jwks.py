@@ -256,7 +256,10 @@ class JwksSource:
         if usable and (fresh or self._lock.locked()):
             return keys  # an old set still serves while another request refreshes it
         if not self._may_fetch(now):
-            return keys
+            if not self._lock.locked():
+                return keys
+            async with self._lock:  # a fetch is under way (the first, say): wait for its keys
+                return self._keys
         async with self._lock:
             if self._may_fetch(self._clock()):  # not already done while we waited
                 await self._refresh()

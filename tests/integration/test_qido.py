@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import requests
 from dicomweb_client.api import DICOMwebClient
 
 from tests.conftest import Gateway, Pacs
@@ -509,3 +510,20 @@ def test_key_object_documents_are_found(client: DICOMwebClient, pacs: Pacs) -> N
     for k in kos:
         listed = client.search_for_series(study_instance_uid=k["study"])
         assert set(k["references"]) < set(uids(listed, SERIES_UID))  # images of the study
+
+
+def test_a_key_the_pacs_ignores_is_reported(gateway: Gateway, sample: Sample) -> None:
+    """Orthanc ignores a sequence key and returns every series: the answer says the key could
+    not be checked (as a DIMSE site does), rather than pass as a match."""
+    url = (
+        f"{gateway.dicomweb}/studies/{sample.study_uid}/series"
+        "?RequestAttributesSequence.RequestedProcedureID=NO-SUCH-PROCEDURE"
+    )
+    answer = requests.get(url, headers={"Accept": "application/dicom+json"}, timeout=30)
+    assert answer.status_code == 200 and answer.json()
+    assert "RequestAttributesSequence.RequestedProcedureID" in answer.headers["Warning"]
+    # A key the PACS returns is not reported.
+    plain = requests.get(
+        f"{gateway.dicomweb}/studies?StudyInstanceUID={sample.study_uid}", timeout=30
+    )
+    assert "Warning" not in plain.headers

@@ -393,7 +393,9 @@ def test_every_data_route_of_the_app_is_classified() -> None:
     unclassified = []
     for route in app.router.routes():
         canonical = route.resource.canonical if route.resource is not None else ""
-        if route.method in ("OPTIONS", "*") or canonical.startswith(("/health", "/viewer", "/metrics")):
+        if route.method in ("OPTIONS", "*") or canonical.startswith(
+            ("/health", "/viewer", "/metrics")
+        ):
             continue
         if canonical.endswith(("/fhir/metadata", "/Endpoint/{id}")) or canonical in ("/", ""):
             continue

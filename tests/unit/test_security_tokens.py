@@ -538,3 +538,24 @@ async def test_url_fetcher(aiohttp_server: ServerFactory) -> None:
     with pytest.raises(TimeoutError):
         await url_fetcher(f"{base}/slow", timeout=0.2)()
     assert "/jwks/ok" in hits and hits.count("/jwks/ok") == 1  # the redirect was not followed
+
+
+async def test_tokens_arriving_during_the_first_fetch_wait_for_its_keys() -> None:
+    """Concurrent first requests (a gateway just started): each gets the keys the one fetch
+    brings, none the empty set held before it (which refused them all as 401)."""
+    key = rsa_key("first-load")
+    released = asyncio.Event()
+
+    async def slow() -> bytes:
+        await released.wait()
+        return jwks_document(key)
+
+    source = JwksSource(slow, min_refresh=30)
+    verifier = TokenVerifier(TokenPolicy(ISSUER, (AUDIENCE,)), source)
+    token = key.sign(claims())
+    checks = [asyncio.create_task(verifier.verify(token)) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    released.set()
+    principals = await asyncio.gather(*checks)
+    assert [p.subject for p in principals] == ["gateway-client"] * 4
+    assert source.fetches == 1
