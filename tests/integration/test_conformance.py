@@ -1,7 +1,9 @@
-"""The conformance harness run as users run it (a subprocess) against our gateway's DICOMweb and
-DIMSE sites (every MUST passes; STATUS.md does not drift), against Orthanc's own DICOMweb root
-(it must fail something we pass), and against deliberately broken set-ups, which must fail
-naming the check and its section. Reports are kept in build/conformance/test-*/ (CI artifacts).
+"""The conformance harness run as users run it (a subprocess) against our gateway's DICOMweb site,
+bearer tokens required and one given, as `make conformance` runs it (every MUST passes, the
+security ones too; STATUS.md does not drift), its DIMSE site without [auth] (every MUST passes; the
+security finding is made), Orthanc's own DICOMweb root (it must fail something we pass), and
+deliberately broken set-ups, which must fail naming the check and its section. Reports are kept
+in build/conformance/test-*/ (CI artifacts).
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +35,11 @@ from tests.conftest import (
     Gateway,
     Pacs,
     free_port,
+    running_dimse_gateway,
     start_gateway,
     stop_gateway,
 )
+from tests.unit.test_security_tokens import AUDIENCE, ISSUER, claims, jwks_document, rsa_key
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +50,8 @@ ServerFactory = Callable[..., Awaitable[TestServer]]
 # instance is compressed (losslessly), so the default retrieve must transcode it to Explicit VR
 # Little Endian.
 COMPRESSED_FILE = "GDCMJ2K_TextGBR.dcm"
+# What the routes ask of a token (README "Security"), as scripts/conformance.sh's test IdP gives.
+SCOPES = "system/ImagingStudy.rs system/ImagingSelection.rs system/Patient.r system/Endpoint.r"
 
 
 @dataclass(frozen=True)
@@ -115,8 +123,11 @@ async def harness_async(base: str, name: str, *extra: str) -> Run:
 
 
 def _core_study(pacs: Pacs) -> str:
-    """The test study of `make conformance` too (scripts/conformance.sh): the same everywhere."""
-    return str(pacs.manifest["core"]["studies"][0]["study_uid"])
+    """The test study of `make conformance` too (scripts/conformance.sh): the same everywhere,
+    the first of the Czech patient's, whose issuer CZ-NCPEH is mapped to a FHIR system (conftest:
+    CZ_SYSTEM), so fhir.search.patient-system runs."""
+    studies = pacs.manifest["core"]["studies"]
+    return str(next(s["study_uid"] for s in studies if s["issuer_of_patient_id"] == "CZ-NCPEH"))
 
 
 def _needs(pattern: str) -> None:
@@ -128,22 +139,58 @@ def _needs(pattern: str) -> None:
 # ---------------------------------------------------------------------------- our gateway
 
 
+@dataclass(frozen=True)
+class Secured:
+    """A gateway asking for bearer tokens ([auth]: a JWK Set file of a test key), and a shell
+    command printing a token of that key with the scopes the routes ask for."""
+
+    gateway: DimseGateway
+    token_command: str
+
+
 @pytest.fixture(scope="module")
-def web_run(gateway: Gateway, pacs: Pacs) -> Run:
-    """The run STATUS.md is made from (the same options as scripts/conformance.sh)."""
+def secured(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    work = tmp_path_factory.mktemp("conformance-auth")
+    key = rsa_key("conformance")
+    jwks = work / "jwks.json"
+    jwks.write_bytes(jwks_document(key))
+    token = work / "token"  # the harness runs it once per run: an hour is plenty
+    token.write_text(key.sign(claims(scope=SCOPES, exp=int(time.time()) + 3600)))
+    auth = f'jwks_file = "{jwks}"\nissuer = "{ISSUER}"\naudience = "{AUDIENCE}"'
+    aets = ("NCPEH-CONF", "NCPEH-CONF2"), ("NCPEH-CONFM", "NCPEH-CONFM2")
+    with running_dimse_gateway(
+        pacs, work, "", *aets, forget_destinations=True, auth=auth, iocm_refresh=3600
+    ) as gateway:
+        yield Secured(gateway, f"cat {shlex.quote(str(token))}")
+
+
+@pytest.fixture(scope="module")
+def web_run(secured: Secured, pacs: Pacs) -> Run:
+    """The run STATUS.md is made from (the same options as scripts/conformance.sh): the default
+    DICOMweb site of a gateway asking for tokens, with ``--token-command``."""
     return harness(
-        gateway.dicomweb,
+        f"{secured.gateway.url}/dicom-web",
         "test-dicomweb",
         "--fhir-url",
-        f"{gateway.url}/fhir",
+        f"{secured.gateway.url}/fhir",
         "--study",
         _core_study(pacs),
+        "--token-command",
+        secured.token_command,
     )
 
 
 def test_gateway_dicomweb_site_passes_every_must(web_run: Run) -> None:
     assert web_run.code == 0, f"MUST checks failed:\n{web_run.describe_failures()}"
     assert not web_run.failed_musts()
+    # Run, not skipped: the token checks (RFC 6750) and the patient's system.
+    musts = [r["id"] for r in web_run.results if r["level"] == "MUST"]
+    security = [i for i in musts if i.startswith("security.")]
+    assert len(security) >= 5, security
+    for check_id in [*security, "fhir.search.patient-system"]:
+        assert web_run.outcome(check_id) == "pass", f"{check_id}: {web_run.outcome(check_id)}"
+    # With a token the no-authentication finding does not apply.
+    assert web_run.outcome("security.authentication-required") == "skip"
 
 
 def test_status_md_does_not_drift(web_run: Run) -> None:
@@ -155,6 +202,8 @@ def test_status_md_does_not_drift(web_run: Run) -> None:
 
 
 def test_gateway_dimse_site_passes_every_must(dimse_gateway: DimseGateway, pacs: Pacs) -> None:
+    """The session's DIMSE gateway has no [auth] (loopback): every MUST passes, the token
+    checks skip, and the finding that it serves data to anybody is made (a SHOULD)."""
     run = harness(
         dimse_gateway.root("get"),
         "test-dimse",
@@ -165,6 +214,8 @@ def test_gateway_dimse_site_passes_every_must(dimse_gateway: DimseGateway, pacs:
         console_script=True,  # `ncpeh-dicomweb conformance`, as documented
     )
     assert run.code == 0, f"MUST checks failed:\n{run.describe_failures()}"
+    assert run.outcome("security.authentication-required") == "fail"
+    assert run.outcome("security.no-token.qido") == "skip"
 
 
 # ---------------------------------------------------------------------------- Orthanc itself
@@ -179,7 +230,10 @@ def test_orthanc_direct_fails_what_we_pass(pacs: Pacs, web_run: Run) -> None:
     (run.folder / "fails-that-the-gateway-passes.txt").write_text("\n".join(lines) + "\n")
     print(f"\nOrthanc's DICOMweb plugin fails {len(theirs)} check(s) the gateway passes:")
     print("\n".join(f"  {line}" for line in lines))
-    assert differs, "Orthanc and the gateway get the same outcome on every check"
+    # Failures, not just differences: the token checks differ anyway (run with our token only).
+    assert theirs, "Orthanc's DICOMweb fails no check that the gateway passes"
+    # Asked without a token (Orthanc has none configured here), it serves anybody.
+    assert run.outcome("security.authentication-required") == "fail"
 
 
 # ---------------------------------------------------------------------------- broken set-ups
