@@ -42,6 +42,7 @@ __all__ = ["DicomWebBackend"]
 
 log = logging.getLogger(__name__)
 
+_UPSTREAM_BUFFER = 4 << 20  # bytes read ahead from the PACS per response (bounded)
 _READ_SIZE = 256 * 1024
 # Instances kept on disk for pixel work (frames, bulk data, rendered, transcoding).
 _INSTANCE_FILES_BYTES = 1 << 30
@@ -82,7 +83,12 @@ class DicomWebBackend:
     def create(cls, site: DicomWebSite) -> DicomWebBackend:
         connector = aiohttp.TCPConnector(limit=site.max_connections, limit_per_host=0)
         session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=True, raise_for_status=False
+            connector=connector,
+            auto_decompress=True,
+            raise_for_status=False,
+            # The PACS keeps sending while the client drains what came before: the default
+            # 64 kB buffer paused the upstream at every write, halving a retrieve's speed.
+            read_bufsize=_UPSTREAM_BUFFER,
         )
         return cls(site, session)
 

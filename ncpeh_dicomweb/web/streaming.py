@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 StreamOutcome = Literal["complete", "client-gone", "cut"]
 STREAM_OUTCOME = "ncpeh.stream_outcome"
-PEEK_BYTES = 64 * 1024  # holds a DICOM file's header (the patient and study) in practice
+PEEK_BYTES = 64 * 1024
+_SEND_BUFFER = 2 << 20  # holds a DICOM file's header (the patient and study) in practice
 
 
 async def stream_parts(
@@ -82,6 +83,9 @@ async def _stream(
     try:
         if transport is not None:
             streams.add(transport)
+            # A deeper send buffer than asyncio's 64 kB: fewer drains, each write larger, so
+            # the upstream read and the client's receive overlap (bounded, per stream).
+            transport.set_write_buffer_limits(high=_SEND_BUFFER)
         await response.prepare(request)  # the client may be gone already (a viewer's prefetch)
         if request.method == "HEAD":
             # RFC 9110 9.3.2: the headers a GET would get, no body (it has no framing:
