@@ -2,8 +2,9 @@
 # Install the Debian packages the gateway's tests and demo need, if any is missing.
 # --browser: also chromium, the browser the viewer test drives (never one Playwright downloads).
 # postgresql: the server the state store's tests start on loopback (scripts/postgres.sh).
+# nginx: the load balancer in front of the replicas test's three gateways (scripts/nginx.sh).
 set -euo pipefail
-want=(orthanc orthanc-dicomweb dcmtk curl postgresql rsyslog rsyslog-openssl)
+want=(orthanc orthanc-dicomweb dcmtk curl postgresql rsyslog rsyslog-openssl nginx)
 [ "${1:-}" = "--browser" ] && want+=(chromium)
 missing=()
 for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

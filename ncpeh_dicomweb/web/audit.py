@@ -29,7 +29,7 @@ from ..dicomweb.part10 import Identity, identity_of
 from ..errors import GatewayError
 from ..fhir.tokens import patient_resource_id
 from ..security.audit import Access, AuditTrail, Patient, interaction_for, query_names
-from .forwarded import is_trusted
+from .forwarded import client_address, is_trusted
 from .keys import CLIENT_CERTIFICATE, PATIENT_BINDING, PRINCIPAL, REQUEST_ID, SETTINGS
 from .streaming import STREAM_OUTCOME
 
@@ -130,7 +130,7 @@ def _record(request: web.Request, request_id: str, start: datetime, status: int)
         or (certificate.client_id if certificate else None),
         token_id=_jti(principal.claims) if principal else None,
         certificate_subject=certificate.subject if certificate else None,
-        client_address=request.remote,
+        client_address=client_address(request.remote, request.headers, settings.trusted_proxies),
         server_address=settings.public_url,
         site=info.get("site") or settings.default_site,
         patient=patient,

@@ -12,7 +12,7 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 
-__all__ = ["forwarded_origin", "is_trusted"]
+__all__ = ["client_address", "forwarded_client", "forwarded_origin", "is_trusted"]
 
 _HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 _PREFIX = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")
@@ -45,6 +45,34 @@ def _forwarded_pairs(value: str | None) -> dict[str, str]:
         if eq:
             pairs[name.strip().lower()] = raw.strip().strip('"')
     return pairs
+
+
+def forwarded_client(headers: Mapping[str, str]) -> str | None:
+    """The client's address as the nearest proxy reports it (``Forwarded: for=``, else the
+    last ``X-Forwarded-For``), or None when that is not an IP address (``unknown``, an
+    obfuscated identifier, garbage)."""
+    pairs = _forwarded_pairs(headers.get("Forwarded"))
+    value = pairs.get("for") or _last(headers.get("X-Forwarded-For"))
+    if value is None:
+        return None
+    value = value.strip('"')
+    if value.startswith("["):  # RFC 7239 6: "[v6]:port"
+        value = value[1 : value.find("]")] if "]" in value else ""
+    elif value.count(":") == 1:  # v4:port
+        value = value.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+def client_address(
+    remote: str | None, headers: Mapping[str, str], networks: Sequence[str]
+) -> str | None:
+    """Who the client is: the address a trusted proxy reports, else the peer's own."""
+    if is_trusted(remote, networks):
+        return forwarded_client(headers) or remote
+    return remote
 
 
 def forwarded_origin(headers: Mapping[str, str]) -> str | None:

@@ -18,6 +18,7 @@ from aiohttp import web
 from ..backends.base import PartHead, RetrieveEvent
 from ..dicomweb import multipart
 from ..errors import GatewayError, NotFound, TooManyRequests
+from .forwarded import client_address
 from .keys import (
     ACTIVE_STREAMS,
     CLIENT_CERTIFICATE,
@@ -175,7 +176,8 @@ def _client_of(request: web.Request) -> str:
     certificate = request.get(CLIENT_CERTIFICATE)
     if certificate is not None:
         return f"certificate:{certificate.client_id or certificate.subject}"
-    return f"address:{request.remote}"
+    proxies = request.app[SETTINGS].trusted_proxies
+    return f"address:{client_address(request.remote, request.headers, proxies)}"
 
 
 def _titled(headers: dict[str, str]) -> dict[str, str]:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from ncpeh_dicomweb.web.forwarded import forwarded_origin, is_trusted
+from ncpeh_dicomweb.web.forwarded import (
+    client_address,
+    forwarded_client,
+    forwarded_origin,
+    is_trusted,
+)
 
 
 @pytest.mark.parametrize(
@@ -55,3 +60,26 @@ def test_forwarded_origin(headers: dict[str, str], expected: str | None) -> None
 )
 def test_is_trusted(remote: str | None, networks: list[str], expected: bool) -> None:
     assert is_trusted(remote, networks) is expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"X-Forwarded-For": "203.0.113.7"}, "203.0.113.7"),
+        ({"X-Forwarded-For": "10.9.9.9, 203.0.113.7"}, "203.0.113.7"),  # the nearest proxy's
+        ({"Forwarded": 'for="[2001:db8::1]:4711"'}, "2001:db8::1"),
+        ({"Forwarded": "for=192.0.2.60:8080;proto=https"}, "192.0.2.60"),
+        ({"Forwarded": "for=unknown", "X-Forwarded-For": "198.51.100.1"}, None),
+        ({"X-Forwarded-For": "not-an-address"}, None),
+        ({}, None),
+    ],
+)
+def test_forwarded_client(headers: dict[str, str], expected: str | None) -> None:
+    assert forwarded_client(headers) == expected
+
+
+def test_client_address_believes_only_trusted_proxies() -> None:
+    headers = {"X-Forwarded-For": "203.0.113.7"}
+    assert client_address("127.0.0.1", headers, ["127.0.0.0/8"]) == "203.0.113.7"
+    assert client_address("192.0.2.1", headers, ["127.0.0.0/8"]) == "192.0.2.1"
+    assert client_address("127.0.0.1", {}, ["127.0.0.0/8"]) == "127.0.0.1"
