@@ -174,7 +174,7 @@ class Limits:
     max_query_string: int = 8192
     # Retrievals (studies, series, frames...) one client may have streaming at once; the next
     # is 429. A client: its token's client id or subject, its certificate, else its address.
-    max_streams_per_client: int = 32
+    max_streams_per_client: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +377,7 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
             qido_max_results=_int(limits_raw, "qido_max_results", "limits.", 1000, 1, 100_000),
             max_query_string=_int(limits_raw, "max_query_string", "limits.", 8192, 256, 1 << 20),
             max_streams_per_client=_int(
-                limits_raw, "max_streams_per_client", "limits.", 32, 1, 10_000
+                limits_raw, "max_streams_per_client", "limits.", 64, 1, 10_000
             ),
         ),
         viewer_dir=None if viewer_dir is None else check_viewer_dir(viewer_dir, "viewer.dir"),

@@ -129,12 +129,15 @@ def shaped(
     datasets: Iterable[DicomJson], level: Level, scoped: Level | None = None
 ) -> list[DicomJson]:
     """Each result without attributes of a lower level than ``level``, and with every required
-    attribute of its level and of :func:`parent_levels` (empty if the PACS gave none), in tag
-    order."""
+    attribute of its level and of :func:`parent_levels` (empty if the PACS gave none); a
+    result that had to change is put in tag order."""
     levels = [*parent_levels(level, scoped), level]
     required = [tag for lv in levels for tag in REQUIRED[lv]]
     out = []
     for dataset in datasets:
+        if all(t in dataset for t in required) and not any(_too_low(k, level) for k in dataset):
+            out.append(dataset)  # the common case, as the PACS sent it: nothing to do
+            continue
         kept = {k: v for k, v in dataset.items() if not _too_low(k, level)}
         for tag in required:
             if tag not in kept:

@@ -152,17 +152,19 @@ def note_datasets(request: web.Request, datasets: Sequence[DicomJson]) -> None:
             uid for uid in (first_value(d, "0020000D") for d in datasets) if isinstance(uid, str)
         )
     )[:_MAX_STUDIES]
-    patients: dict[tuple[str, str | None], Patient] = {}
+    # A Patient (its FHIR id is a digest) is made once per distinct patient, not per dataset.
+    patients: dict[tuple[object, object], Patient | None] = {}
     for dataset in datasets:
-        patient = _patient(first_value(dataset, "00100020"), first_value(dataset, "00100021"))
-        if patient is None:
-            continue
-        patients.setdefault((patient.id, patient.issuer), patient)
+        key = (first_value(dataset, "00100020"), first_value(dataset, "00100021"))
+        if key not in patients:
+            patients[key] = _patient(*key)
+        patient = patients[key]
         study = first_value(dataset, "0020000D")
-        if isinstance(study, str):
+        if patient is not None and isinstance(study, str):
             _remember(request, study, patient)
-    if len(patients) == 1:
-        request[AUDIT_PATIENT] = next(iter(patients.values()))
+    found = [p for p in patients.values() if p is not None]
+    if len(found) == 1:
+        request[AUDIT_PATIENT] = found[0]
 
 
 def _patient(patient_id: object, issuer: object) -> Patient | None:
