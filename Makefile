@@ -75,10 +75,12 @@ viewer:
 viewer-test: deps-browser venv viewer
 	$(PY) -m pytest -q -s tests/integration/test_viewer.py
 
-# Benchmarks against the PACS reached directly, in one run (needs `make pacs-up LOAD="core large"`).
+# Benchmarks (bench/run.py): the gateway against the PACS reached directly in the same run, as
+# ratios with the targets of issue 10. Starts its own Orthanc in $(STATE)/bench-orthanc (kept, so
+# the 263 MB and 526 MB studies load once; BENCH_LARGE=1: a 1.05 GB one); results, Markdown and
+# JSON, in bench/results/. BENCH_ARGS: e.g. --quick, --only qido,dimse, --pacs-env FILE.
 bench: venv
-	$(PY) bench/gateway_bench.py --pacs-env $(STATE)/orthanc/env
-	$(PY) bench/dimse_bench.py --pacs-env $(STATE)/orthanc/env
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 # The conformance harness (conformance/) against the gateway in front of the local Orthanc
 # (`make pacs-up`'s, started if needed): a DICOMweb site and a DIMSE site; reports in

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import requests
-from gateway_bench import _env, _free_port
+from common import env_file, free_port
 
 SEARCHES = {
     "started-2024": (
@@ -75,8 +75,8 @@ def main() -> int:
     parser.add_argument("--pacs-env", type=Path, default=Path("var/orthanc/env"))
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
-    direct = _env(args.pacs_env)["DICOMWEB_ROOT"]
-    port = _free_port()
+    direct = env_file(args.pacs_env)["DICOMWEB_ROOT"]
+    port = free_port()
     work = Path(tempfile.mkdtemp(prefix="fhir-bench-"))
     config = work / "gateway.toml"
     config.write_text(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from gateway_bench import _env, _find_large, _free_port, _rss_kb
+from common import env_file, find_study, free_port, status_kb
 
 FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 
@@ -74,8 +74,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=6)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    direct = _env(args.pacs_env)["DICOMWEB_ROOT"]
-    port = _free_port()
+    direct = env_file(args.pacs_env)["DICOMWEB_ROOT"]
+    port = free_port()
     command = [sys.executable, "-m", "ncpeh_dicomweb.cli", "serve", "--pacs-dicomweb", direct]
     gateway = subprocess.Popen(
         [*command, "--port", str(port), "--log-level", "WARNING"],
@@ -85,15 +85,18 @@ def main() -> int:
     try:
         root = f"http://127.0.0.1:{port}/dicom-web"
         time.sleep(2)
-        study = asyncio.run(_find_large(direct))
+        found = asyncio.run(find_study(direct, "LARGE-CT-1"))
+        if found is None:
+            raise SystemExit("no study of PatientID LARGE-CT-1: start Orthanc with --load large")
+        study = found.uid
         series, sops = asyncio.run(_series(direct, study))
         w = args.concurrency
         asyncio.run(_load(direct, study, series, sops, w))  # Orthanc reads its files once
         pacs = asyncio.run(_load(direct, study, series, sops, w))
-        rss = _rss_kb(gateway.pid, "VmRSS")
+        rss = status_kb(gateway.pid, "VmRSS")
         cold = asyncio.run(_load(root, study, series, sops, w))
         warm = asyncio.run(_load(root, study, series, sops, w))
-        growth = round((_rss_kb(gateway.pid, "VmHWM") - rss) / 1024, 1)
+        growth = round((status_kb(gateway.pid, "VmHWM") - rss) / 1024, 1)
     finally:
         gateway.terminate()
         gateway.wait(10)

@@ -11,6 +11,9 @@ Sets (``--set``, repeatable):
                 of its own; the manifest's ``kos`` lists them).
 * ``large``     one CT study of patient ``LARGE-CT-1``: 4 series, 500 slices of 512x512x16 bit,
                 about 263 MB (``--large-instances``, ``--large-series``, ``--large-matrix``).
+* ``xl``        one CT study of patient ``XL-CT-1`` shaped like ``large``, for benchmarks: 1000
+                slices, about 526 MB (``--xl-instances 2000``: 1.05 GB); its own seed, and one
+                study per size (accession ``XL-{instances}x{matrix}``), so sizes coexist.
 * ``testdata``  every parseable file of pydicom's bundled ``data/test_files`` that has a
                 SOPInstanceUID and a StudyInstanceUID (read from disk; never downloads).
 
@@ -73,6 +76,7 @@ SOP_CLASS = {
 
 CORE_SEED = "ncpeh-dicomweb-core-v1"
 LARGE_SEED = "ncpeh-dicomweb-large-v1"
+XL_SEED = "ncpeh-dicomweb-xl-v1"
 PROG = "sample_data"
 
 Json = dict[str, Any]
@@ -738,7 +742,42 @@ P_LARGE = Patient(
 )
 
 
-def large_study(instances: int, n_series: int, matrix: int) -> Study:
+P_XL = Patient(
+    "XL-CT-1",
+    "Synthetic^XLCT",
+    "NCPEH-BENCH",
+    "19700101",
+    "O",
+    "ISO_IR 100",
+    "Loopback General Hospital",
+)
+
+
+def xl_study(instances: int, n_series: int, matrix: int) -> Study:
+    """The ``xl`` set: the ``large`` study's shape under patient ``XL-CT-1`` and a seed of its
+    own, one study per size (accession ``XL-{instances}x{matrix}``), so that benchmarks can
+    hold a 500 MB and a 1 GB one side by side without touching ``large``."""
+    return large_study(
+        instances,
+        n_series,
+        matrix,
+        key=f"xl-ct-{instances}-{n_series}-{matrix}",
+        patient=P_XL,
+        accession=f"XL-{instances}x{matrix}",
+        study_id=f"XL{instances}",
+    )
+
+
+def large_study(
+    instances: int,
+    n_series: int,
+    matrix: int,
+    *,
+    key: str = "large-ct",
+    patient: Patient = P_LARGE,
+    accession: str = "ACC-LARGE-1",
+    study_id: str = "LARGE1",
+) -> Study:
     """The ``large`` set: one CT chest-abdomen-pelvis study, ``instances`` slices in total."""
     kinds = [
         ("Thorax 1.25mm B30f", "chest", "CHEST", W_SOFT, CT_PARAMS),
@@ -752,11 +791,11 @@ def large_study(instances: int, n_series: int, matrix: int) -> Study:
         desc, kind, part, window, params = kinds[s % len(kinds)]
         series.append(ct(desc, count, kind, part, window, params, 500.0, 1.25, matrix))
     return Study(
-        "large-ct",
-        P_LARGE,
+        key,
+        patient,
         dt.datetime(2024, 3, 14, 9, 26, 53),
-        "ACC-LARGE-1",
-        "LARGE1",
+        accession,
+        study_id,
         "CT CHEST ABDOMEN PELVIS W CONTRAST",
         "Referrer^Rita",
         LN_CT_UNSPEC,
@@ -1445,7 +1484,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         dest="sets",
         action="append",
         required=True,
-        choices=["core", "large", "testdata"],
+        choices=["core", "large", "xl", "testdata"],
         help="data set to load (repeatable)",
     )
     p.add_argument("--manifest", type=Path, help="JSON manifest to write (merged if it exists)")
@@ -1455,6 +1494,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--large-instances", type=int, default=500, metavar="N")
     p.add_argument("--large-series", type=int, default=4, metavar="N")
     p.add_argument("--large-matrix", type=int, default=512, metavar="N", help="rows = columns")
+    p.add_argument("--xl-instances", type=int, default=1000, metavar="N")
+    p.add_argument("--xl-series", type=int, default=4, metavar="N")
+    p.add_argument("--xl-matrix", type=int, default=512, metavar="N", help="rows = columns")
     args = p.parse_args(argv)
     if not args.orthanc and not args.out:
         p.error("give --orthanc URL (upload) and/or --out DIR (files)")
@@ -1464,6 +1506,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--large-instances must be >= --large-series >= 1")
     if not 16 <= args.large_matrix <= 4096:
         p.error("--large-matrix must be in 16..4096")
+    if args.xl_series < 1 or args.xl_instances < args.xl_series:
+        p.error("--xl-instances must be >= --xl-series >= 1")
+    if not 16 <= args.xl_matrix <= 4096:
+        p.error("--xl-matrix must be in 16..4096")
     return args
 
 
@@ -1498,6 +1544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 if name == "core":
                     seed, studies = CORE_SEED, core_studies()
+                elif name == "xl":
+                    seed = XL_SEED
+                    studies = [xl_study(args.xl_instances, args.xl_series, args.xl_matrix)]
                 else:
                     seed = LARGE_SEED
                     studies = [

@@ -56,10 +56,18 @@ _PART_HEADERS = ("content-type", "content-length", "content-location", "content-
 class DicomWebBackend:
     """:class:`~ncpeh_dicomweb.backends.base.Backend` over a DICOMweb origin server."""
 
-    def __init__(self, site: DicomWebSite, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        site: DicomWebSite,
+        session: aiohttp.ClientSession,
+        stream_session: aiohttp.ClientSession | None = None,
+    ) -> None:
         self._site = site
         self._root = site.url
         self._session = session
+        # Retrieves hold a connection for as long as a study streams: they get a pool of
+        # their own, so that searches never wait (and time out) behind max_connections streams.
+        self._stream_session = stream_session or session
         self._roots = (site.url, *site.url_aliases)
         self._headers: dict[str, str] = {}
         if site.auth == "bearer" and site.token:
@@ -81,16 +89,18 @@ class DicomWebBackend:
 
     @classmethod
     def create(cls, site: DicomWebSite) -> DicomWebBackend:
-        connector = aiohttp.TCPConnector(limit=site.max_connections, limit_per_host=0)
-        session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=True,
-            raise_for_status=False,
-            # The PACS keeps sending while the client drains what came before: the default
-            # 64 kB buffer paused the upstream at every write, halving a retrieve's speed.
-            read_bufsize=_UPSTREAM_BUFFER,
-        )
-        return cls(site, session)
+        def session() -> aiohttp.ClientSession:
+            connector = aiohttp.TCPConnector(limit=site.max_connections, limit_per_host=0)
+            return aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=True,
+                raise_for_status=False,
+                # The PACS keeps sending while the client drains what came before: the default
+                # 64 kB buffer paused the upstream at every write, halving a retrieve's speed.
+                read_bufsize=_UPSTREAM_BUFFER,
+            )
+
+        return cls(site, session(), session())
 
     # ------------------------------------------------------------------ search
 
@@ -255,6 +265,8 @@ class DicomWebBackend:
     async def close(self) -> None:
         await self._files.close()
         await self._session.close()
+        if self._stream_session is not self._session:
+            await self._stream_session.close()
 
     @asynccontextmanager
     async def _request(
@@ -267,8 +279,9 @@ class DicomWebBackend:
         self._requests += 1
         # encoded=True: yarl would otherwise re-quote `^` as %5E, which Orthanc never decodes.
         target = yarl.URL(url, encoded=True)
+        session = self._stream_session if client_timeout is self._stream_timeout else self._session
         try:
-            async with self._session.get(
+            async with session.get(
                 target,
                 headers=headers,
                 auth=self._auth,

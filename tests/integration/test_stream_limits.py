@@ -76,3 +76,34 @@ async def test_a_client_over_its_share_gets_429_until_a_stream_ends(
             break
         await asyncio.sleep(0.05)
     assert not streams  # nothing counted for streams that are over
+
+
+async def test_searches_are_not_held_back_by_streams_holding_the_pacs_connections(
+    aiohttp_client: ClientFactory, pacs: Pacs, tmp_path: Path
+) -> None:
+    """A site with max_connections 2, both taken by studies streaming to clients that do not
+    read: a search still gets a connection of its own at once (it used to wait for one until
+    connect_timeout and answer 504)."""
+    settings = settings_from_mapping(
+        {
+            "sites": [
+                {
+                    "id": "main",
+                    "url": pacs.dicomweb_root,
+                    "max_connections": 2,
+                    "connect_timeout": 2,
+                }
+            ],
+            "state": {"sqlite": str(tmp_path / "state.sqlite3")},
+        },
+        {},
+    )
+    client = await aiohttp_client(create_app(settings))
+    large = pacs.manifest["large"]["studies"][0]["study_uid"]
+    held = [await _open(client, f"/dicom-web/studies/{large}") for _ in range(2)]
+    started = asyncio.get_running_loop().time()
+    search = await client.get("/dicom-web/studies?limit=1")
+    assert search.status == 200, await search.text()
+    assert asyncio.get_running_loop().time() - started < 1.5
+    for response in held:
+        response.close()
