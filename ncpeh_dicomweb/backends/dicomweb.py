@@ -166,7 +166,7 @@ class DicomWebBackend:
 
     async def _get_json(self, url: str) -> list[DicomJson]:
         """A DICOM JSON array from the PACS (an empty 204 counts as no match)."""
-        async with self._request(url, "application/dicom+json", self._search_timeout) as resp:
+        async with self._request(url, "application/dicom+json") as resp:
             if resp.status == 204:
                 return []
             try:
@@ -183,7 +183,7 @@ class DicomWebBackend:
     async def retrieve(self, target: Target, base_url: str) -> AsyncGenerator[RetrieveEvent, None]:
         url = f"{self._root}/{target.path()}"
         rewrite = UrlRewriter(self._roots, base_url)
-        async with self._request(url, _AS_STORED, self._stream_timeout) as resp:
+        async with self._request(url, _AS_STORED, stream=True) as resp:
             try:
                 boundary = multipart.boundary_from_content_type(
                     resp.headers.get("Content-Type", "")
@@ -220,7 +220,7 @@ class DicomWebBackend:
         frames = ",".join(map(str, numbers))
         url = f"{self._root}/{target.path()}/frames/{frames}"
         rewrite = UrlRewriter(self._roots, base_url)
-        async with self._request(url, _FRAMES_AS_STORED, self._stream_timeout) as resp:
+        async with self._request(url, _FRAMES_AS_STORED, stream=True) as resp:
             outer = resp.headers.get("Content-Type", "")
             try:
                 reader = multipart.MultipartReader(multipart.boundary_from_content_type(outer))
@@ -244,9 +244,7 @@ class DicomWebBackend:
     # ------------------------------------------------------------------ plumbing
 
     async def ping(self) -> None:
-        async with self._request(
-            f"{self._root}/studies?limit=1", "application/dicom+json", self._search_timeout
-        ):
+        async with self._request(f"{self._root}/studies?limit=1", "application/dicom+json"):
             pass
 
     def stats(self) -> dict[str, int]:
@@ -273,19 +271,22 @@ class DicomWebBackend:
         self,
         url: str,
         accept: str,
-        client_timeout: aiohttp.ClientTimeout,
+        *,
+        stream: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One GET; ``stream``: a retrieve (its own pool, no total timeout), else a search or
+        metadata request (the search timeout)."""
         headers = {**self._headers, "Accept": accept}
         self._requests += 1
         # encoded=True: yarl would otherwise re-quote `^` as %5E, which Orthanc never decodes.
         target = yarl.URL(url, encoded=True)
-        session = self._stream_session if client_timeout is self._stream_timeout else self._session
+        session = self._stream_session if stream else self._session
         try:
             async with session.get(
                 target,
                 headers=headers,
                 auth=self._auth,
-                timeout=client_timeout,
+                timeout=self._stream_timeout if stream else self._search_timeout,
                 allow_redirects=False,
             ) as resp:
                 if resp.status >= 300:
