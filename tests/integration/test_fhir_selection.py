@@ -7,6 +7,7 @@ with SIGKILL in the middle of POSTs leaving each selection whole or absent."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import random
 import signal
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pydicom
 import pytest
 import requests
 from fhir.resources.bundle import Bundle
 from fhir.resources.imagingselection import ImagingSelection
 from fhir.resources.operationoutcome import OperationOutcome
+from pydicom.uid import generate_uid
 
 from tests.conftest import (
     DimseGateway,
@@ -365,6 +368,34 @@ def test_a_selection_is_checked_against_the_pacs(gateway: DimseGateway, pacs: Pa
 
 
 # ---------------------------------------------------------------------- crash
+
+
+def test_an_imaging_study_served_then_gone_is_410_on_this_store(
+    gateway: DimseGateway, pacs: Pacs, store: Store
+) -> None:
+    """The ids the gateway served live in the store: on SQLite and on PostgreSQL alike, a study
+    read once and since deleted from the PACS is 410 (an id never served stays 404)."""
+    kind = "postgres" if store.database_url else "sqlite"
+    ds = pydicom.dcmread(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm")
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["fhir-gone-study", kind, str(time.time())])
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PatientID = f"GONE-{kind}"
+    out = io.BytesIO()
+    ds.save_as(out)
+    stored = requests.post(f"{pacs.url}/instances", data=out.getvalue(), timeout=30).json()
+    url = f"{_base(gateway, 'web')}/ImagingStudy"
+    bundle = requests.get(url, params={"patient.identifier": f"|GONE-{kind}"}, timeout=60).json()
+    (resource_id,) = [e["resource"]["id"] for e in bundle["entry"]]
+    assert requests.get(f"{url}/{resource_id}", timeout=30).status_code == 200
+    assert requests.delete(f"{pacs.url}/studies/{stored['ParentStudy']}", timeout=30).ok
+    gone = requests.get(f"{url}/{resource_id}", timeout=30)
+    assert gone.status_code == 410, gone.text[:300]
+    OperationOutcome.model_validate(gone.json())
+    assert gone.json()["issue"][0]["code"] == "deleted"
+    never = requests.get(f"{url}/{generate_uid()}", timeout=30)
+    assert never.status_code == 404
 
 
 def test_sigkill_in_the_middle_of_posts_leaves_whole_selections_or_none(
