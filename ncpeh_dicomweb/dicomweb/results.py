@@ -84,6 +84,32 @@ def _too_low(key: str, level: Level) -> bool:
     return found is not None and found.depth > level.depth
 
 
+def _fits(dataset: DicomJson, level: Level) -> bool:
+    """No attribute of ``dataset`` is of a level below ``level`` (keys seen once are kept per
+    level, so that the common answer is checked by one set comparison)."""
+    seen = _FITTING[level]
+    if seen.issuperset(dataset):
+        return True
+    fits = True
+    for key in dataset:
+        if key in seen:
+            continue
+        if _too_low(key, level):
+            fits = False
+        elif len(seen) < _FITTING_MAX:  # the PACS's tags: few, but bounded all the same
+            seen.add(key)
+    return fits
+
+
+_FITTING: Final[dict[Level, set[str]]] = {level: set() for level in Level}
+_FITTING_MAX = 4096
+
+
+@lru_cache(maxsize=64)
+def _required(level: Level, scoped: Level | None) -> frozenset[str]:
+    return frozenset(tag for lv in (*parent_levels(level, scoped), level) for tag in REQUIRED[lv])
+
+
 def parent_levels(level: Level, scoped: Level | None) -> list[Level]:
     """The levels above ``level`` whose attributes each result carries (PS3.18 10.6.3.3.2-3):
     the study's for all series; the study's and series' for all instances; the series' for a
@@ -133,9 +159,10 @@ def shaped(
     result that had to change is put in tag order."""
     levels = [*parent_levels(level, scoped), level]
     required = [tag for lv in levels for tag in REQUIRED[lv]]
+    present = _required(level, scoped)
     out = []
     for dataset in datasets:
-        if all(t in dataset for t in required) and not any(_too_low(k, level) for k in dataset):
+        if present <= dataset.keys() and _fits(dataset, level):
             out.append(dataset)  # the common case, as the PACS sent it: nothing to do
             continue
         kept = {k: v for k, v in dataset.items() if not _too_low(k, level)}

@@ -19,6 +19,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
@@ -100,12 +101,23 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
 
 
 def _record(request: web.Request, request_id: str, start: datetime, status: int) -> None:
+    """The access, as the request shows it now; its AuditEvent is built and queued on the
+    loop's next turn: by then the metrics middleware has (as a rule) sent the answer, so that
+    a client does not wait for its own audit record."""
     trail = request.app.get(AUDIT_TRAIL)
+    if trail is None:
+        return
+    access = _access(request, request_id, start, status)
+    if access is not None:
+        asyncio.get_running_loop().call_soon(trail.record_access, access)
+
+
+def _access(request: web.Request, request_id: str, start: datetime, status: int) -> Access | None:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else None
     interaction = interaction_for(request.method, route) if route else None
-    if trail is None or interaction is None or route is None:
-        return
+    if interaction is None or route is None:
+        return None
     principal = request.get(PRINCIPAL)
     certificate = request.get(CLIENT_CERTIFICATE)
     settings = request.app[SETTINGS]
@@ -115,7 +127,7 @@ def _record(request: web.Request, request_id: str, start: datetime, status: int)
     patient = request.get(AUDIT_PATIENT) or _bound_patient(request)
     if patient is None and len(studies) == 1:
         patient = _remembered(request).get(studies[0])
-    access = Access(
+    return Access(
         start=start,
         end=datetime.now(UTC),
         request_id=request_id,
@@ -141,7 +153,6 @@ def _record(request: web.Request, request_id: str, start: datetime, status: int)
         stream=request.get(STREAM_OUTCOME),
         reason="client-gone" if status == _CLIENT_GONE else None,
     )
-    trail.record_access(access)
 
 
 def note_datasets(request: web.Request, datasets: Sequence[DicomJson]) -> None:
@@ -170,12 +181,12 @@ def note_datasets(request: web.Request, datasets: Sequence[DicomJson]) -> None:
 def _patient(patient_id: object, issuer: object) -> Patient | None:
     if not patient_id:
         return None
-    issuer_text = str(issuer) if issuer else None
-    return Patient(
-        id=str(patient_id),
-        issuer=issuer_text,
-        fhir_id=patient_resource_id(str(patient_id), issuer_text),
-    )
+    return _known_patient(str(patient_id), str(issuer) if issuer else None)
+
+
+@lru_cache(maxsize=4096)  # its FHIR id is a digest: a search's answer asks for it each time
+def _known_patient(patient_id: str, issuer: str | None) -> Patient:
+    return Patient(id=patient_id, issuer=issuer, fhir_id=patient_resource_id(patient_id, issuer))
 
 
 def _remembered(request: web.Request) -> OrderedDict[str, Patient]:

@@ -119,8 +119,10 @@ class AccessLogger(AbstractAccessLogger):
     request id ends the line: it finds the request's AuditEvent (who, which patient)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_: float) -> None:
-        self.logger.info(
-            '%s "%s %s" %d %d %.1fms %s',
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        args = (
             request.remote,
             request.method,
             loggable(request.path),
@@ -129,6 +131,17 @@ class AccessLogger(AbstractAccessLogger):
             time_ * 1000,
             request.get(REQUEST_ID, "-"),
         )
+        # Made here rather than by logger.info: its search of the caller's frame (the line
+        # would name aiohttp's, of no use) was a good part of a search's cost.
+        record = logger.makeRecord(
+            logger.name, logging.INFO, _NO_FILE, 0, _ACCESS_LINE, args, None, _NO_FUNCTION
+        )
+        logger.handle(record)
+
+
+_ACCESS_LINE = '%s "%s %s" %d %d %.1fms %s'
+_NO_FILE = "(unknown file)"  # what logging records when it does not look for the caller
+_NO_FUNCTION = "(unknown function)"
 
 
 class RedactServerErrors(logging.Filter):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -12,7 +13,7 @@ from ..backends.relational import restrict_to
 from ..dicomweb.attributes import Level
 from ..dicomweb.dicomjson import first_value
 from ..dicomweb.media import negotiate_dicom_json
-from ..dicomweb.query import parse_qido
+from ..dicomweb.query import QidoQuery, parse_qido
 from ..dicomweb.results import UID_TAGS, parents_needed, shaped, with_parents
 from ..dicomweb.uids import check_uid
 from ..errors import InvalidQuery, UriTooLong
@@ -25,7 +26,7 @@ __all__ = ["routes"]
 
 
 async def _search(request: web.Request, level: Level) -> web.Response:
-    media_type = negotiate_dicom_json(accept_of(request))
+    media_type = _media_type(accept_of(request))
     context = site_context(request)
     limits = request.app[SETTINGS].limits
     study = request.match_info.get("study")
@@ -37,15 +38,7 @@ async def _search(request: web.Request, level: Level) -> web.Response:
     raw = request.rel_url.raw_query_string
     if len(raw) > limits.max_query_string:
         raise UriTooLong(f"query string longer than {limits.max_query_string} characters")
-    # '+' as space, like the form encoding requests and browsers use (RFC 3986 says nothing).
-    try:
-        params = parse_qsl(raw, keep_blank_values=True, errors="strict")
-    except UnicodeDecodeError:
-        raise InvalidQuery(
-            "the query string is not valid UTF-8 once percent-decoded",
-            detail={"parameter": "query"},
-        ) from None
-    query = parse_qido(params, level, max_limit=limits.qido_max_results)
+    query = _parsed(raw, level, limits.qido_max_results)
     warnings = list(query.warnings)
     capped = query.limit is None
     if capped:
@@ -63,6 +56,26 @@ async def _search(request: web.Request, level: Level) -> web.Response:
             "use limit and offset to page through the rest"
         )
     return dicom_response(datasets, media_type=media_type, warnings=warnings)
+
+
+# Clients repeat their Accept headers and, paging or polling, their searches: both are parsed
+# once (bounded caches of pure functions; a refusal raises and is not kept).
+@lru_cache(maxsize=64)
+def _media_type(accept: str | None) -> str:
+    return negotiate_dicom_json(accept)
+
+
+@lru_cache(maxsize=256)
+def _parsed(raw: str, level: Level, max_limit: int) -> QidoQuery:
+    # '+' as space, like the form encoding requests and browsers use (RFC 3986 says nothing).
+    try:
+        params = parse_qsl(raw, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidQuery(
+            "the query string is not valid UTF-8 once percent-decoded",
+            detail={"parameter": "query"},
+        ) from None
+    return parse_qido(params, level, max_limit=max_limit)
 
 
 async def _with_parents(

@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import os
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from http import HTTPStatus
 from types import MappingProxyType
 from typing import Any, Final, Literal
@@ -171,6 +172,8 @@ _ROUTES: Final[tuple[tuple[frozenset[str], re.Pattern[str], str], ...]] = tuple(
 )
 
 
+# Per request, and the routes are few: remembered (a bounded cache: the method is the client's).
+@lru_cache(maxsize=1024)
 def interaction_for(method: str, route: str) -> str | None:
     """The :data:`INTERACTIONS` name of a request by its method and route template (aiohttp's
     ``request.match_info.route.resource.canonical``) or path; None for what is not audited
@@ -213,6 +216,12 @@ class Patient:
     fhir_id: str | None = None  # the Patient resource id the gateway serves, if known
 
 
+_METHOD: Final = re.compile(r"[A-Z]{1,16}")
+_URI: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_OID: Final = re.compile(r"[0-2](?:\.(?:0|[1-9][0-9]*))+")
+_PHRASES: Final = {s.value: s.phrase for s in HTTPStatus}
+
+
 @dataclass(frozen=True, slots=True)
 class Access:
     """One request, as the audit trail records it. Holds no query value and no path: the
@@ -253,7 +262,7 @@ class Access:
     def __post_init__(self) -> None:
         if self.interaction not in INTERACTIONS:
             raise ValueError(f"unknown interaction {self.interaction!r}")
-        if not re.fullmatch(r"[A-Z]{1,16}", self.method):
+        if not _METHOD.fullmatch(self.method):
             raise ValueError(f"bad HTTP method {self.method!r}")
         if not self.route.startswith("/") or "?" in self.route or "#" in self.route:
             raise ValueError("route must be a path template without query or fragment")
@@ -282,22 +291,33 @@ def _instant(when: datetime) -> str:
 
 def _network(address: str) -> dict[str, str]:
     """AuditEvent.agent.network: type 2 an IP address, 5 a URI, 1 a machine name."""
+    return {"address": address, "type": _network_type(address)}
+
+
+@lru_cache(maxsize=4096)  # the same few clients and one server: parsing showed per request
+def _network_type(address: str) -> str:
     try:
         ipaddress.ip_address(address)
-        kind = "2"
+        return "2"
     except ValueError:
-        kind = "5" if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", address) else "1"
-    return {"address": address, "type": kind}
+        return "5" if _URI.match(address) else "1"
+
+
+def _uuid4() -> str:
+    """A random (version 4) UUID in its canonical form, as ``str(uuid.uuid4())`` without the
+    UUID object (made for every event)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def outcome(access: Access) -> tuple[str, str | None]:
     """The AuditEvent outcome code and description (no PHI) of an access."""
     status = access.status
     sent = access.bytes_sent if access.bytes_sent is not None else 0
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "status"
+    phrase = _PHRASES.get(status, "status")
     why = f": {access.reason}" if access.reason else ""
     if status >= 500:
         return "8", f"HTTP {status} {phrase}{why}"
@@ -355,17 +375,16 @@ def _agents(access: Access, source_id: str) -> list[dict[str, Any]]:
     return agents
 
 
-def _query_text(access: Access) -> str:
-    names = "&".join(quote(name, safe="") for name in access.query_names)
+def _query_text(access: Access, names: str) -> str:
     return f"{access.method} {access.route}" + (f"?{names}" if names else "")
 
 
-def _transaction(access: Access) -> dict[str, Any]:
+def _transaction(access: Access, names: str) -> dict[str, Any]:
     details = [
         ("interaction", access.interaction),
         ("method", access.method),
         ("route", access.route),
-        ("query-parameters", "&".join(quote(n, safe="") for n in access.query_names) or None),
+        ("query-parameters", names or None),
         ("site", access.site),
         ("http-status", str(access.status)),
         ("stream-outcome", access.stream),
@@ -383,7 +402,7 @@ def _patient(patient: Patient) -> dict[str, Any]:
     identifier: dict[str, Any] = {"value": patient.id}
     if patient.system:
         identifier["system"] = patient.system
-    elif patient.issuer and re.fullmatch(r"[0-2](?:\.(?:0|[1-9][0-9]*))+", patient.issuer):
+    elif patient.issuer and _OID.fullmatch(patient.issuer):
         identifier["system"] = f"urn:oid:{patient.issuer}"
     if patient.issuer and "system" not in identifier:
         identifier["assigner"] = {"display": patient.issuer}
@@ -417,9 +436,10 @@ def _uid_entity(uid: str, kind: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _entities(access: Access, kind: InteractionKind) -> list[dict[str, Any]]:
-    entities = [_transaction(access)]
+    names = "&".join(quote(name, safe="") for name in access.query_names)
+    entities = [_transaction(access, names)]
     if kind.is_search:
-        text = _query_text(access)
+        text = _query_text(access, names)
         entities.append(
             {
                 "type": _coding((ENTITY_TYPE, "2", "System Object")),
@@ -451,17 +471,18 @@ def audit_event(
     ``source_id``; coded as the module docstring says. ``event_id`` defaults to a new UUID."""
     kind = INTERACTIONS[access.interaction]
     code, description = outcome(access)
+    end = _instant(access.end)
     event: dict[str, Any] = {
         "resourceType": "AuditEvent",
-        "id": event_id or str(uuid.uuid4()),
+        "id": event_id or _uuid4(),
         "type": _coding((AUDIT_EVENT_TYPE, "rest", "Restful Operation")),
         "subtype": [
             _coding((RESTFUL_INTERACTION, kind.restful, _RESTFUL_DISPLAY[kind.restful])),
             *(_coding(c) for c in kind.dicom),
         ],
         "action": kind.action,
-        "period": {"start": _instant(access.start), "end": _instant(access.end)},
-        "recorded": _instant(access.end),
+        "period": {"start": _instant(access.start), "end": end},
+        "recorded": end,
         "outcome": code,
     }
     if description is not None:
