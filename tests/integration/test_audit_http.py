@@ -67,11 +67,7 @@ def _events(log: Path, request_id: str, timeout: float = 10.0) -> list[dict[str,
     """The events of one request (by its X-Request-ID), waiting for them to be written."""
     deadline = time.monotonic() + timeout
     while True:
-        found = []
-        if log.exists():
-            for line in log.read_text(encoding="utf-8").splitlines():
-                if request_id in line:
-                    found.append(json.loads(line))
+        found = [json.loads(line) for line in _complete_lines(log) if request_id in line]
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
@@ -82,10 +78,16 @@ def _written(log: Path, at_least: int, timeout: float = 10.0) -> list[dict[str, 
     just after its answer is sent, so the last requests' lines may still be on their way."""
     deadline = time.monotonic() + timeout
     while True:
-        lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+        lines = _complete_lines(log)
         if len(lines) >= at_least or time.monotonic() > deadline:
             return [json.loads(line) for line in lines]
         time.sleep(0.05)
+
+
+def _complete_lines(log: Path) -> list[str]:
+    """The lines of ``log`` written whole: the sink may be half-way through the last one."""
+    text = log.read_text(encoding="utf-8") if log.exists() else ""
+    return text[: text.rfind("\n") + 1].splitlines()
 
 
 def _request_id(event: dict[str, Any]) -> str | None:
