@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +10,17 @@ from typing import Any, Protocol
 
 from ..dicomweb.query import QidoQuery
 
-__all__ = ["Backend", "DicomJson", "PartHead", "RetrieveEvent", "Scope", "SearchResult", "Target"]
+__all__ = [
+    "Backend",
+    "DicomJson",
+    "FileAnswer",
+    "FilePart",
+    "PartHead",
+    "RetrieveEvent",
+    "Scope",
+    "SearchResult",
+    "Target",
+]
 
 DicomJson = dict[str, Any]
 """One dataset in the DICOM JSON model (PS3.18 F.2)."""
@@ -49,10 +59,44 @@ class SearchResult:
 
 
 @dataclass(frozen=True, slots=True)
+class FilePart:
+    """One part of a retrieve as a local file, sent whole: its headers, file, size, syntax."""
+
+    headers: Mapping[str, str]
+    path: Path
+    size: int
+    syntax: str
+
+
+class FileAnswer:
+    """A retrieve's whole answer known before its first byte, every part a local file (a
+    cache hit): the web layer may send it with a Content-Length and ``sendfile``.
+
+    It rides on the first :class:`PartHead`. A consumer that sends the files itself calls
+    :meth:`claim` before asking for the next event: the backend's stream then ends there
+    (without the bodies), and the files stay in place until the returned release is called.
+    Unclaimed, the stream goes on as usual, bodies as ``bytes``.
+    """
+
+    __slots__ = ("_hold", "claimed", "parts")
+
+    def __init__(self, parts: Sequence[FilePart], hold: Callable[[], Callable[[], None]]) -> None:
+        self.parts = parts
+        self.claimed = False
+        self._hold = hold  # keeps the files for the claimer; returns what lets them go
+
+    def claim(self) -> Callable[[], None]:
+        self.claimed = True
+        return self._hold()
+
+
+@dataclass(frozen=True, slots=True)
 class PartHead:
     """Starts a new part of a multipart retrieve; the ``bytes`` that follow are its body."""
 
     headers: Mapping[str, str] = field(default_factory=dict)
+    answer: FileAnswer | None = None
+    """On the first part of an answer made wholly of local files (see :class:`FileAnswer`)."""
 
 
 RetrieveEvent = PartHead | bytes
@@ -74,6 +118,7 @@ class Backend(Protocol):
         """WADO-RS instances (PS3.18 10.4) as the PACS stores them: a PartHead (its
         ``content-type`` names the part's transfer syntax), its body chunks, the next PartHead...
         Converting them to what the client asked for is the gateway's job, not the backend's.
+        The first PartHead may carry a :class:`FileAnswer` (the answer is local files).
 
         The first event must come only once the PACS has accepted the request, so that a
         404/502/504 can still be answered with a status code. The iterator is closed

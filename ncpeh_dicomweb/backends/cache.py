@@ -4,9 +4,10 @@ Shared by a site's requests, written from pynetdicom threads and read from the e
 ``threading.Lock`` guards the index and is held for bookkeeping and metadata calls (mkdir,
 rename, unlink) only, never while instance bodies are read or written.  Layout under ``root``:
 ``data/<study>/<series>/<sop>.dcm`` (the index is rebuilt from these), ``listings/<study>/``
-``study.json`` or ``<series>.json`` (members of a complete retrieve) and ``tmp/`` (purged at
-start-up).  Files reach ``data`` and ``listings`` by an atomic ``os.replace`` from ``tmp``.
-Recency lives in memory; after a restart the LRU order is the files' write (mtime) order.
+``study.json`` or ``<series>.json`` (members of a complete retrieve, with their transfer
+syntaxes) and ``tmp/`` (purged at start-up).  Files reach ``data`` and ``listings`` by an
+atomic ``os.replace`` from ``tmp``.  Recency lives in memory; after a restart the LRU order
+is the files' write (mtime) order.
 """
 
 from __future__ import annotations
@@ -17,22 +18,32 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeAlias
 
-__all__ = ["CacheStats", "CachedInstance", "InstanceCache", "InstanceWriter", "validate_uid"]
+__all__ = [
+    "CacheStats",
+    "CachedInstance",
+    "InstanceCache",
+    "InstanceWriter",
+    "file_syntax",
+    "validate_uid",
+]
 
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _STUDY_LISTING = "study.json"
 _Key: TypeAlias = tuple[str, str, str]
 _ListingKey: TypeAlias = tuple[str, str | None]
 _Members: TypeAlias = tuple[tuple[str, str], ...]
+_HEAD = 4096  # holds a Part 10 file's meta information in practice (PS3.10 7.1)
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 
 
 def _is_uid(text: object) -> bool:
@@ -65,6 +76,8 @@ class CachedInstance:
     path: Path
     """A complete Part 10 file; it is only sure to stay there while pinned."""
     size: int
+    syntax: str | None = None
+    """Its Transfer Syntax UID, None until known (an entry of an older index)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +89,40 @@ class CacheStats:
     misses: int
     evictions: int
     writes: int
+    pinned: int = 0  # entries pinned now (being streamed or retrieved)
+
+
+def file_syntax(head: bytes) -> str | None:
+    """The Transfer Syntax UID (0002,0010) in the head of a Part 10 file, or None if the head
+    does not show one: the 128-byte preamble, ``DICM``, then the explicit VR little endian
+    group 0002 (PS3.10 7.1), read without a DICOM library."""
+    if head[128:132] != b"DICM":
+        return None
+    at = 132
+    while at + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, at)
+        if group != 2:
+            return None
+        vr = head[at + 4 : at + 6]
+        if vr in _LONG_VRS:
+            if at + 12 > len(head):
+                return None
+            (length,) = struct.unpack_from("<I", head, at + 8)
+            at += 12
+        else:
+            (length,) = struct.unpack_from("<H", head, at + 6)
+            at += 8
+        if element == 0x0010:
+            value = head[at : at + length]
+            uid = value.rstrip(b"\0 ").decode("ascii", "replace")
+            return uid if len(value) == length and _is_uid(uid) else None
+        at += length
+    return None
+
+
+def _syntax_of_file(path: Path) -> str | None:
+    with path.open("rb") as file:
+        return file_syntax(file.read(_HEAD))
 
 
 def _rmdir_quiet(path: Path) -> None:
@@ -113,6 +160,7 @@ class InstanceWriter:
         self._tmp = Path(name)
         self._file = os.fdopen(fd, "wb")
         self._size = 0
+        self._head = bytearray()  # for the transfer syntax, read when committed
         self._done = False
 
     def __enter__(self) -> InstanceWriter:
@@ -124,6 +172,8 @@ class InstanceWriter:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._done:
             raise RuntimeError("instance writer already committed or aborted")
+        if len(self._head) < _HEAD:
+            self._head += data[: _HEAD - len(self._head)]
         self._size += self._file.write(data)
 
     def commit(self) -> CachedInstance:
@@ -133,7 +183,8 @@ class InstanceWriter:
         self._done = True
         try:
             self._file.close()
-            return self._cache._install(self._key, self._tmp, self._size, self._pin)
+            syntax = file_syntax(bytes(self._head))
+            return self._cache._install(self._key, self._tmp, self._size, self._pin, syntax)
         except BaseException:
             self._tmp.unlink(missing_ok=True)
             raise
@@ -213,7 +264,7 @@ class InstanceCache:
                     raise
                 shutil.copyfile(source, tmp)
                 os.unlink(source)
-            return self._install(key, tmp, tmp.stat().st_size, pin)
+            return self._install(key, tmp, tmp.stat().st_size, pin, _syntax_of_file(tmp))
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -230,11 +281,15 @@ class InstanceCache:
         pairs = tuple((validate_uid(se), validate_uid(sop)) for se, sop in members)
         if series is not None and any(se != series for se, _ in pairs):
             raise ValueError(f"the listing of series {series} names another series")
+        with self._lock:  # kept with the listing: a restart need not read each file for them
+            known = (self._entries.get((study, se, sop)) for se, sop in pairs)
+            syntaxes = [None if item is None else item.syntax for item in known]
+        doc = {"study": study, "series": series, "members": pairs, "syntaxes": syntaxes}
         fd, name = tempfile.mkstemp(dir=self._tmp, suffix=".json")
         tmp = Path(name)
         try:
             with os.fdopen(fd, "wb") as out:
-                out.write(json.dumps({"study": study, "series": series, "members": pairs}).encode())
+                out.write(json.dumps(doc).encode())
             with self._lock:
                 if complete := self._complete_locked(study, pairs):
                     path = self._listing_path(lk)
@@ -268,6 +323,16 @@ class InstanceCache:
             for k in keys:
                 self._use_locked(k, pin)
             return [self._entries[k] for k in keys]
+
+    def note_syntax(self, item: CachedInstance, syntax: str) -> CachedInstance:
+        """``item`` with its transfer syntax, read from its file by the caller; kept in the
+        index so that the file is read for it once."""
+        known = replace(item, syntax=syntax)
+        key = (item.study, item.series, item.sop)
+        with self._lock:
+            if self._entries.get(key) == item:  # not replaced by a newer copy meanwhile
+                self._entries[key] = known
+        return known
 
     def pin(self, items: Iterable[CachedInstance]) -> None:
         """Protect items from eviction until a matching ``unpin``.
@@ -320,7 +385,7 @@ class InstanceCache:
         with self._lock:
             return CacheStats(
                 len(self._entries), self._bytes, self.max_bytes, self._hits, self._misses,
-                self._evictions, self._writes,
+                self._evictions, self._writes, len(self._pins),
             )  # fmt: skip
 
     def close(self) -> None:
@@ -334,8 +399,10 @@ class InstanceCache:
     def _listing_path(self, lk: _ListingKey) -> Path:
         return self._lists / lk[0] / (_STUDY_LISTING if lk[1] is None else f"{lk[1]}.json")
 
-    def _install(self, key: _Key, tmp: Path, size: int, pin: bool) -> CachedInstance:
-        item = CachedInstance(*key, path=self._path(key), size=size)
+    def _install(
+        self, key: _Key, tmp: Path, size: int, pin: bool, syntax: str | None
+    ) -> CachedInstance:
+        item = CachedInstance(*key, path=self._path(key), size=size, syntax=syntax)
         with self._lock:
             item.path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, item.path)
@@ -437,4 +504,12 @@ class InstanceCache:
             return None
         if not all(_is_uid(se) and _is_uid(sop) and series in (None, se) for se, sop in pairs):
             return None
-        return pairs if self._complete_locked(study, pairs) else None
+        if not self._complete_locked(study, pairs):
+            return None
+        syntaxes = doc.get("syntaxes")  # absent from listings written before they were kept
+        if isinstance(syntaxes, list) and len(syntaxes) == len(pairs):
+            for (se, sop), syntax in zip(pairs, syntaxes, strict=True):
+                key = (study, se, sop)
+                if _is_uid(syntax) and self._entries[key].syntax is None:
+                    self._entries[key] = replace(self._entries[key], syntax=syntax)
+        return pairs

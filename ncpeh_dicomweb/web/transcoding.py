@@ -27,7 +27,7 @@ from ..errors import NotAcceptable
 from ..imaging.pool import ImagingPool
 from ..imaging.transcode import producible, transcode
 
-__all__ = ["part_syntax", "transcoded"]
+__all__ = ["part_syntax", "sent_syntax", "transcoded"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def part_syntax(head: PartHead) -> str | None:
     return None
 
 
-def _target(stored: str, wanted: str) -> str:
+def sent_syntax(stored: str, wanted: str) -> str:
     """What a part stored as ``stored`` is sent as when ``wanted`` was negotiated: ``*`` keeps
     it as stored, except the syntaxes PS3.18 8.7.3 keeps off the web (Implicit VR, Big
     Endian), which become Explicit VR Little Endian."""
@@ -76,7 +76,7 @@ async def transcoded(
                         spool = None
                     head = event
                     stored = part_syntax(event)
-                    target = wanted if stored is None else _target(stored, wanted)
+                    target = wanted if stored is None else sent_syntax(stored, wanted)
                     if stored is None or stored == target or not producible(stored, target):
                         if single and stored is not None and stored != target:
                             raise _unconvertible(stored, target)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from email.utils import formatdate
 
@@ -19,9 +21,10 @@ from ..imaging.transcode import encodable
 from .audit import note_datasets, patient_peek
 from .auth import patient_study
 from .keys import IMAGING_POOL, METADATA_CACHE, SiteContext, accept_of, site_context
+from .metrics import add_body_bytes
 from .responses import dicom_response
 from .streaming import stream_parts
-from .transcoding import transcoded
+from .transcoding import sent_syntax, transcoded
 
 __all__ = ["routes", "study_guard", "target_of"]
 
@@ -69,7 +72,15 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
             part_type=media.part_content_type(),
             what=f"retrieve of {target.path()}",
             peek=patient_peek(request),
+            as_stored=_sent_as_stored(media.transfer_syntax),
+            sent=functools.partial(add_body_bytes, request),
         )
+
+
+def _sent_as_stored(wanted: str) -> Callable[[str], bool]:
+    """Whether a part stored in a syntax goes out unchanged when ``wanted`` was negotiated:
+    exactly the parts :func:`.transcoding.transcoded` lets through."""
+    return lambda stored: sent_syntax(stored, wanted) == stored
 
 
 async def metadata(request: web.Request) -> web.Response:

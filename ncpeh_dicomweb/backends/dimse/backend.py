@@ -7,6 +7,7 @@ Retrieved instances go through the site's on-disk cache: a study asked for by se
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import shutil
@@ -15,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import orjson
 from pydicom import Dataset
 from pynetdicom.association import Association
+from pynetdicom.dsutils import encode_file_meta
 
 from ...config import DimseSite
 from ...dicomweb.attributes import Level
@@ -36,11 +38,20 @@ from ...errors import (
     GatewayError,
     NotFound,
 )
-from ..base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
+from ..base import (
+    DicomJson,
+    FileAnswer,
+    FilePart,
+    PartHead,
+    RetrieveEvent,
+    Scope,
+    SearchResult,
+    Target,
+)
 from ..cache import CachedInstance, InstanceCache
 from ..relational import UID_TAG, child_query, lower_keys, page, parent_uids, restrict_to
-from .contexts import GET_MODEL, MOVE_MODEL, ContextPlan, plan_retrieve
-from .flight import Flight
+from .contexts import GET_MODEL, MOVE_MODEL, ContextPlan, Holdings, plan_retrieve
+from .flight import WINDOW, Flight
 from .identifiers import FindPlan, answer_to_json, find_identifier
 from .instances import file_chunks, metadata_of, stored_syntax, study_and_series, with_bulk_uris
 from .operations import (
@@ -48,11 +59,14 @@ from .operations import (
     FindOutcome,
     RetrieveOutcome,
     find_holdings,
+    find_series,
     run_find,
     run_get,
     run_move,
 )
 from .pool import AssociationPool
+from .received import dataset_uids
+from .split import Split, by_series, splits
 from .status import CANCEL, SUCCESS, error_for_status
 from .storescp import StorageSCP
 
@@ -179,27 +193,61 @@ class DimseBackend:
     # ------------------------------------------------------------------ retrieve
 
     async def retrieve(self, target: Target, base_url: str) -> AsyncGenerator[RetrieveEvent, None]:
-        async with aclosing(self._instances(target)) as items:
+        cached = self._cached(target)
+        if cached is not None:
+            self.counters.cache_answers += 1
+            try:
+                async with aclosing(self._answer(cached, base_url)) as events:
+                    async for event in events:
+                        yield event
+            finally:
+                self._cache.unpin(cached)
+            return
+        async with aclosing(self._retrieved(target)) as items:
             async for item in items:
                 async with aclosing(self._part(item, base_url)) as part:
                     async for event in part:
                         yield event
 
+    async def _answer(
+        self, cached: list[CachedInstance], base_url: str
+    ) -> AsyncGenerator[RetrieveEvent, None]:
+        """A cache hit (``cached`` pinned by the caller): every part known before the first
+        byte, offered whole as a FileAnswer; parts as usual unless the consumer claims it."""
+        items = [await self._with_syntax(item) for item in cached]
+        parts = [
+            FilePart(_part_headers(i, i.syntax or "", base_url), i.path, i.size, i.syntax or "")
+            for i in items
+        ]
+
+        def hold() -> Callable[[], None]:  # the claimer's own pins: ours go when this ends
+            self._cache.pin(items)
+            return functools.partial(self._cache.unpin, items)
+
+        answer = FileAnswer(parts, hold)
+        for number, part in enumerate(parts):
+            yield PartHead(part.headers, answer if number == 0 else None)
+            if answer.claimed:
+                return  # the consumer sends the files itself
+            async with aclosing(file_chunks(part.path, part.size)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
     async def _part(
         self, item: CachedInstance, base_url: str
     ) -> AsyncGenerator[RetrieveEvent, None]:
         """One instance as a part: its file as the PACS sent it, labelled with its syntax."""
-        syntax = await asyncio.to_thread(stored_syntax, item.path)
-        location = f"{base_url}/studies/{item.study}/series/{item.series}/instances/{item.sop}"
-        headers = {
-            "content-type": f"application/dicom; transfer-syntax={syntax}",
-            "content-location": location,
-            "content-length": str(item.size),
-        }
-        yield PartHead(headers)
-        async with aclosing(file_chunks(item.path)) as chunks:
+        item = await self._with_syntax(item)
+        yield PartHead(_part_headers(item, item.syntax or "", base_url))
+        async with aclosing(file_chunks(item.path, item.size)) as chunks:
             async for chunk in chunks:
                 yield chunk
+
+    async def _with_syntax(self, item: CachedInstance) -> CachedInstance:
+        """``item`` with its transfer syntax: the index's, else read from the file (once)."""
+        if item.syntax is not None:
+            return item
+        return self._cache.note_syntax(item, await asyncio.to_thread(stored_syntax, item.path))
 
     async def metadata(self, target: Target, base_url: str) -> list[DicomJson]:
         out: list[DicomJson] = []
@@ -249,6 +297,12 @@ class DimseBackend:
             finally:
                 self._cache.unpin(cached)
             return
+        async with aclosing(self._retrieved(target)) as items:
+            async for item in items:
+                yield item
+
+    async def _retrieved(self, target: Target) -> AsyncGenerator[CachedInstance, None]:
+        """The target's instances from the PACS, by a retrieval shared with others."""
         flight = self._covering_flight(target)
         if flight is None:
             flight = self._launch(target)
@@ -300,7 +354,9 @@ class DimseBackend:
             if error is not None and not flight.items and flight.foreign:
                 error = NotFound("no such study, series or instance under that parent")
             if error is None and not flight.cancel.is_set() and target.instance is None:
-                members = [(i.series, i.sop) for i in flight.items if _selects(target)(i)]
+                members = by_series(
+                    [(i.series, i.sop) for i in flight.items if _selects(target)(i)]
+                )
                 if members:  # the study/series is now known complete: later asks skip the PACS
                     self._cache.record_listing(target.study, target.series, members)
         except GatewayError as exc:
@@ -338,51 +394,147 @@ class DimseBackend:
     async def _run_retrieve(
         self, target: Target, sink: Callable[[Any], int], flight: Flight
     ) -> RetrieveOutcome:
-        identifier = _retrieve_identifier(target)
-        timeout = self._site.dimse_timeout
+        """The target's C-GET / C-MOVE: of a study, one per series, several at once."""
         deadline = time.monotonic() + self._site.operation_timeout
-        plan = await self._retrieve_plan(target)
+        plan, parts = await self._retrieve_plan(target)
         if flight.cancel.is_set():  # every client left while the PACS was asked
             return RetrieveOutcome(CANCEL, 0, 0, 0)
-        message_id = self._message_id()
+        if self._scp is not None:
+            self._scp.accept(plan.roles)  # a class the storage SCP does not know yet (private)
+        split = Split(parts, flight.cancel)
+        flight.on_cancel(split.halt)
+        flight.on_arrival(split.ready.set)
+        extras: list[asyncio.Task[None]] = []
+        try:
+            async with self._lease_for(sink, plan) as assoc:
+                # The first part starts now, on the association had as any operation's; the
+                # others once it has brought an instance, on associations free by then.
+                for _ in range(min(self._splits(), len(parts)) - 1):
+                    extra = self._sub_retrieves(split, sink, plan, deadline, None)
+                    extras.append(asyncio.get_running_loop().create_task(extra))
+                await self._sub_retrieves(split, sink, plan, deadline, assoc)
+        except GatewayError as exc:
+            split.fail(exc)
+        except BaseException:  # cancelled: no part may start after this
+            split.halt()
+            raise
+        finally:
+            split.ready.set()
+            if extras:  # never left running: each holds an association and a pool thread
+                await asyncio.gather(*extras, return_exceptions=True)
+        return split.outcome()
+
+    def _splits(self) -> int:
+        site = self._site
+        return splits(
+            site.retrieve_parallelism, site.max_associations, site.cache_max_bytes, WINDOW
+        )
+
+    @asynccontextmanager
+    async def _lease_for(
+        self, sink: Callable[[Any], int], plan: ContextPlan, wait: float | None = None
+    ) -> AsyncIterator[Association]:
+        """An association to retrieve on: a C-GET's gets the C-STOREs, a C-MOVE's the query
+        plan (the instances come on the PACS's own associations to the storage SCP)."""
         if self._scp is None:
-            async with self._pool.lease(sink=sink, plan=plan) as assoc:
-                canceller = Canceller(assoc, message_id, GET_MODEL)
-                flight.on_cancel(canceller.soon)
+            lease = self._pool.lease(sink=sink, plan=plan, wait=wait)
+        else:
+            lease = self._pool.lease(wait=wait)
+        async with lease as assoc:
+            yield assoc
+
+    async def _sub_retrieves(
+        self,
+        split: Split,
+        sink: Callable[[Any], int],
+        plan: ContextPlan,
+        deadline: float,
+        assoc: Association | None,
+    ) -> None:
+        """Retrieve parts of ``split`` one after the other on ``assoc`` (the first part at
+        once); or (None), once the first part is under way, on an association of their own
+        if one is free then."""
+        if assoc is not None:
+            try:
+                while (part := split.next()) is not None:
+                    split.record(await self._sub_retrieve(assoc, part, split, sink, deadline))
+                    split.ready.set()  # the first part brought nothing: the others start
+            finally:
+                split.ready.set()
+            return
+        try:
+            await split.ready.wait()
+            if split.stop.is_set() or not split.pending:
+                return
+            async with AsyncExitStack() as stack:
+                try:
+                    own = await stack.enter_async_context(self._lease_for(sink, plan, wait=0))
+                except BackendBusy:
+                    return  # no association free now: the others take its parts
+                await self._sub_retrieves(split, sink, plan, deadline, own)
+        except GatewayError as exc:
+            split.fail(exc)
+        except Exception:  # a task of its own: logged here, or never
+            log.exception("a part of a retrieve failed")
+            split.fail(BackendError("the retrieve from the PACS failed"))
+
+    async def _sub_retrieve(
+        self,
+        assoc: Association,
+        part: Target,
+        split: Split,
+        sink: Callable[[Any], int],
+        deadline: float,
+    ) -> RetrieveOutcome:
+        """One C-GET / C-MOVE; C-CANCELled when the flight is, or when another part failed."""
+        message_id = self._message_id()
+        identifier = _retrieve_identifier(part)
+        timeout = self._site.dimse_timeout
+        if self._scp is None:
+            canceller = Canceller(assoc, message_id, GET_MODEL)
+            with split.cancelling(canceller):
                 return await self._pool.run(
-                    run_get, canceller, identifier, flight.cancel, deadline, timeout
+                    run_get, canceller, identifier, split.stop, deadline, timeout
                 )
-        self._scp.accept(plan.roles)  # a class the storage SCP does not know yet (private)
         self._scp.register(message_id, sink)
         try:
-            async with self._pool.lease() as assoc:
-                canceller = Canceller(assoc, message_id, MOVE_MODEL)
-                flight.on_cancel(canceller.soon)
+            canceller = Canceller(assoc, message_id, MOVE_MODEL)
+            with split.cancelling(canceller):
                 return await self._pool.run(
                     run_move,
                     canceller,
                     identifier,
                     self._site.calling_aet,
-                    flight.cancel,
+                    split.stop,
                     deadline,
                     timeout,
                 )
         finally:
             self._scp.unregister(message_id)
 
-    async def _retrieve_plan(self, target: Target) -> ContextPlan:
-        """The presentation contexts to retrieve ``target`` with, from what it holds.
+    async def _retrieve_plan(self, target: Target) -> tuple[ContextPlan, list[Target]]:
+        """The presentation contexts to retrieve ``target`` with, from what it holds, and the
+        parts to retrieve it in: a study's series (if it has several and the site retrieves
+        in parallel), else the target itself.
 
         A C-FIND asks for its SOP classes (and stored transfer syntaxes, where the PACS says);
         each syntax they may be stored in gets a context of its own, so instances arrive as
         stored (PS3.4 C.4.3, PS3.8 9.3.2.2), the gateway SCP of each class (PS3.7 D.3.3.4).
-        If the PACS cannot tell, or fails the query, a fixed list of classes is proposed; if
-        no association can be had, the retrieve fails here as it would have on its own.
+        If the PACS cannot tell, or fails the query, a fixed list of classes is proposed (and
+        the target is retrieved whole); if no association can be had, the retrieve fails here
+        as it would have on its own. A study's series are asked for at the same time, on
+        another association (if one is free then: else the study is retrieved whole).
         """
         leased = False
+        held: Holdings | None = None
+        series: asyncio.Task[list[str]] | None = None
         try:
             async with self._pool.lease() as assoc:
                 leased = True
+                if target.series is None and self._splits() > 1:  # the PACS answers: ask both
+                    series = asyncio.get_running_loop().create_task(
+                        self._study_series(target.study)
+                    )
                 self.counters.finds += 1
                 held = await self._pool.run(
                     find_holdings,
@@ -396,9 +548,24 @@ class DimseBackend:
         except GatewayError as exc:
             if not leased:
                 raise
-            log.info("retrieve planned without knowing its SOP classes: %s", exc)
-            held = None
-        return plan_retrieve(held, self._pool.query_plan)
+            log.info("retrieve planned without knowing all it holds: %s", exc)
+        finally:
+            uids = await series if series is not None else []  # never left running
+        parts = [Target(target.study, uid) for uid in uids] if len(uids) > 1 else [target]
+        return plan_retrieve(held, self._pool.query_plan), parts
+
+    async def _study_series(self, study: str) -> list[str]:
+        """The study's series, by a C-FIND on an association free now; none if there is no
+        such association, or the PACS cannot say (the study is then retrieved whole)."""
+        try:
+            async with self._pool.lease(wait=0) as assoc:
+                self.counters.finds += 1
+                return await self._pool.run(
+                    find_series, assoc, study, self._message_id(), self._site.search_timeout
+                )
+        except GatewayError as exc:
+            log.info("a study retrieved whole: its series unknown (%s)", exc)
+            return []
 
     # ------------------------------------------------------------------ plumbing
 
@@ -501,6 +668,14 @@ def _instance_path(item: CachedInstance) -> str:
     return f"studies/{item.study}/series/{item.series}/instances/{item.sop}"
 
 
+def _part_headers(item: CachedInstance, syntax: str, base_url: str) -> dict[str, str]:
+    return {
+        "content-type": f"application/dicom; transfer-syntax={syntax}",
+        "content-location": f"{base_url}/{_instance_path(item)}",
+        "content-length": str(item.size),
+    }
+
+
 def _add_retrieve_url(dataset: DicomJson, level: Level, base_url: str) -> None:
     uids = [_first(dataset, UID_TAG[lv]) for lv in (Level.STUDY, Level.SERIES, Level.INSTANCE)]
     parts = ["studies", "series", "instances"][: level.depth + 1]
@@ -541,22 +716,28 @@ def _make_sink(
     """The C-STORE handler of one retrieve: raw bytes to the cache, then tell the flight.
 
     It answers the PACS only once the clients are less than a window behind, so a slow
-    client slows the PACS instead of filling the disk.
+    client slows the PACS instead of filling the disk. The sub-retrieves of a study call it
+    from several threads at once: the counts it keeps are taken under a lock.
     """
+    lock = threading.Lock()
 
     def store(event: Any) -> int:
         if flight.cancel.is_set():
             return 0xA700  # refused: nobody wants it any more (a C-CANCEL is on its way)
-        encoded = event.encoded_dataset(include_meta=True)
-        study, series = study_and_series(encoded)
-        if study != target.study or (target.series is not None and series != target.series):
-            flight.foreign += 1
-            return 0xA900  # not what was asked for (wrong parent): never cached, never served
-        sop = str(event.request.AffectedSOPInstanceUID)
-        with cache.writer(study, series, sop, pin=True) as writer:
-            writer.write(encoded)
-            item = writer.commit()
-        counters.instances_received += 1
+        data_set = event.request.DataSet  # pynetdicom keeps each data set in a BytesIO
+        with data_set.getbuffer() as view:  # the bytes as sent, not a copy of them
+            study, series = _uids_of(event, view)
+            if study != target.study or (target.series is not None and series != target.series):
+                with lock:
+                    flight.foreign += 1
+                return 0xA900  # not what was asked for (wrong parent): never cached, never served
+            sop = str(event.request.AffectedSOPInstanceUID)
+            with cache.writer(study, series, sop, pin=True) as writer:
+                writer.write(_PREAMBLE + encode_file_meta(event.file_meta))
+                writer.write(view)
+                item = writer.commit()
+        with lock:
+            counters.instances_received += 1
         try:
             loop.call_soon_threadsafe(flight.add, item)
         except RuntimeError:  # the loop is gone: the gateway is shutting down
@@ -566,6 +747,16 @@ def _make_sink(
         return SUCCESS
 
     return store
+
+
+_PREAMBLE = b"\0" * 128 + b"DICM"  # PS3.10 7.1
+
+
+def _uids_of(event: Any, view: memoryview) -> tuple[str, str]:
+    """Study and Series Instance UIDs of a received data set: walked cheaply where its
+    syntax allows and its header is sound, else decoded by pydicom."""
+    uids = dataset_uids(view, str(event.context.transfer_syntax))
+    return uids if uids is not None else study_and_series(event.encoded_dataset())
 
 
 def _outcome_error(outcome: RetrieveOutcome, operation: str) -> GatewayError | None:

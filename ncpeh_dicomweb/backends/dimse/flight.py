@@ -35,6 +35,7 @@ class Flight:
         self._release = release
         self._released = False
         self._on_cancel: Callable[[], None] | None = None
+        self._on_arrival: Callable[[], None] | None = None
         self._changed = asyncio.Event()
         self._followers = 0
         # back-pressure between the DIMSE thread (arrived) and the clients (read)
@@ -48,6 +49,13 @@ class Flight:
         if self.cancel.is_set():
             callback()
 
+    def on_arrival(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the first instance has arrived (now if one has)."""
+        if self.items:
+            callback()
+        else:
+            self._on_arrival = callback
+
     # ------------------------------------------------------------ producer side
 
     def add(self, item: CachedInstance) -> None:
@@ -57,6 +65,9 @@ class Flight:
             return
         self.items.append(item)
         self._wake()
+        if self._on_arrival is not None:
+            arrived, self._on_arrival = self._on_arrival, None
+            arrived()
 
     def wait_for_room(self, size: int, timeout: float) -> None:
         """(DIMSE thread) Hold the PACS back while the clients are a WINDOW behind."""

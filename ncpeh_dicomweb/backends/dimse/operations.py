@@ -32,6 +32,7 @@ __all__ = [
     "FindOutcome",
     "RetrieveOutcome",
     "find_holdings",
+    "find_series",
     "run_find",
     "run_get",
     "run_move",
@@ -129,6 +130,26 @@ def find_holdings(
     identifier = instance_classes_query(study, series, instance)
     answers = _answers(assoc, identifier, msg_id, timeout, "SOPClassUID")
     return holdings_from_instances(answers) if answers else None
+
+
+def find_series(assoc: Association, study: str, msg_id: int, timeout: float) -> list[str]:
+    """The study's Series Instance UIDs, in the PACS's order: a SERIES-level C-FIND (PS3.4
+    C.6.2.1.2), to retrieve a study one series at a time. Empty unless the PACS named every
+    series and ended with Success (a failure or warning status, a response limit: the study
+    is then retrieved whole); a broken or silent association raises."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES"
+    identifier.StudyInstanceUID = study
+    identifier.SeriesInstanceUID = None
+    uids: list[str] = []
+    every = True
+    for code, answer in _responses(assoc, identifier, msg_id, timeout):
+        if code not in PENDING:
+            return list(dict.fromkeys(uids)) if code == SUCCESS and every else []
+        uid = str(answer.get("SeriesInstanceUID", "") or "") if answer is not None else ""
+        every = every and bool(uid)
+        uids.append(uid)
+    return []
 
 
 def _answers(

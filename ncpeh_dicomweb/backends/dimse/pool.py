@@ -86,16 +86,23 @@ class AssociationPool:
 
     @asynccontextmanager
     async def lease(
-        self, sink: StoreSink | None = None, plan: ContextPlan | None = None
+        self,
+        sink: StoreSink | None = None,
+        plan: ContextPlan | None = None,
+        wait: float | None = None,
     ) -> AsyncIterator[Association]:
         """An established association for one operation, with the contexts of ``plan`` (the
-        query plan if None); C-STOREs it receives go to ``sink``.
+        query plan if None); C-STOREs it receives go to ``sink``. BackendBusy if none is free
+        within ``wait`` seconds (None: 10; 0: only one free now).
 
         The association goes back to the pool only if the operation ended cleanly.
         """
         wanted = plan or self.query_plan
         try:
-            await asyncio.wait_for(self._slots.acquire(), _LEASE_WAIT)
+            wait = _LEASE_WAIT if wait is None else wait
+            if wait <= 0 and self._slots.locked():
+                raise TimeoutError
+            await asyncio.wait_for(self._slots.acquire(), wait if wait > 0 else None)
         except TimeoutError:
             raise BackendBusy(
                 "all associations with the PACS are in use", headers={"Retry-After": "5"}

@@ -1,0 +1,210 @@
+"""A study retrieved over DIMSE one series per C-GET / C-MOVE, several at once (issue 10).
+
+Against the real Orthanc: the same instances, byte for byte, with ``retrieve_parallelism`` 4
+as with 1 and as Orthanc's own DICOMweb; each series in the PACS's order; more than one
+association used; a client leaving mid-retrieve releases every association. A pynetdicom SCP
+written here fails one series: the whole retrieve fails, with that series' DIMSE status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import requests
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.events import Event
+
+from ncpeh_dicomweb.backends.base import Target
+from ncpeh_dicomweb.backends.dimse.backend import DimseBackend
+from ncpeh_dicomweb.config import DimseSite
+from ncpeh_dicomweb.errors import BackendError
+from tests.conftest import Pacs
+from tests.integration.multipart_split import split_multipart
+from tests.integration.test_dimse_faults import (
+    SCP_AET,
+    SERIES,
+    STUDY,
+    Scp,
+    _instance,
+    start_scp,
+)
+
+pytestmark = pytest.mark.integration
+__all__ = ["start_scp"]  # the fixture, used below
+
+
+@asynccontextmanager
+async def _backend(site: DimseSite) -> AsyncIterator[DimseBackend]:
+    backend = DimseBackend(site)
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+def _orthanc_site(pacs: Pacs, tmp_path: Path, name: str, **overrides: Any) -> DimseSite:
+    settings: dict[str, Any] = {"calling_aet": "NCPEH-PARALLEL", "iocm": False, **overrides}
+    return DimseSite(
+        id=name,
+        host="127.0.0.1",
+        port=pacs.dicom_port,
+        called_aet=pacs.aet,
+        cache_dir=str(tmp_path / name),
+        **settings,
+    )
+
+
+async def _retrieved(backend: DimseBackend, target: Target) -> list[tuple[str, str, bytes]]:
+    """(series, SOP Instance UID, Part-10 file) of each instance, in the order retrieved."""
+    out = []
+    async with aclosing(backend._instances(target)) as items:
+        async for item in items:
+            out.append((item.series, item.sop, item.path.read_bytes()))
+    return out
+
+
+def _after_meta(body: bytes) -> bytes:
+    stream = io.BytesIO(body)
+    pydicom.filereader.read_preamble(stream, False)
+    pydicom.filereader._read_file_meta_info(stream)
+    return body[stream.tell() :]
+
+
+def _orthanc_own(pacs: Pacs, study: str) -> dict[str, bytes]:
+    response = requests.get(
+        f"{pacs.dicomweb_root}/studies/{study}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+        timeout=120,
+    )
+    assert response.status_code == 200
+    out = {}
+    for _, body in split_multipart(response.headers["Content-Type"], response.content):
+        sop = str(pydicom.dcmread(io.BytesIO(body), stop_before_pixels=True).SOPInstanceUID)
+        out[sop] = _after_meta(body)
+    return out
+
+
+def _study_with_series(pacs: Pacs, at_least: int) -> dict[str, Any]:
+    return next(s for s in pacs.manifest["core"]["studies"] if len(s["series"]) >= at_least)
+
+
+@pytest.mark.parametrize("retrieve", ["c-get", "c-move"])
+async def test_parallel_retrieve_is_the_serial_one_and_orthancs(
+    pacs: Pacs, tmp_path: Path, retrieve: str
+) -> None:
+    study = _study_with_series(pacs, 3)
+    target = Target(study["study_uid"])
+    extra: dict[str, Any] = {"retrieve": retrieve}
+    if retrieve == "c-move":  # Orthanc knows STORESCP@127.0.0.1:11113 (orthanc.sh)
+        extra |= {"calling_aet": "STORESCP", "store_port": 11113}
+    serial_site = _orthanc_site(pacs, tmp_path, "serial", retrieve_parallelism=1, **extra)
+    async with _backend(serial_site) as serial:
+        one = await _retrieved(serial, target)
+        assert serial.stats()["associations_open"] == 1
+    parallel_site = _orthanc_site(pacs, tmp_path, "parallel", retrieve_parallelism=4, **extra)
+    async with _backend(parallel_site) as parallel:
+        four = await _retrieved(parallel, target)
+        assert parallel.stats()["associations_open"] >= 2  # the series came on several
+        assert parallel.stats()["flights_in_progress"] == 0
+        again = await _retrieved(parallel, target)  # from the cache: grouped by series
+    assert sorted(one) == sorted(four)  # the same instances, the same files
+    for series in study["series"]:
+        in_order = [sop for se, sop, _ in one if se == series["uid"]]
+        assert [sop for se, sop, _ in four if se == series["uid"]] == in_order
+        assert len(in_order) == len(series["instances"])
+    seen = [se for se, _, _ in again]
+    assert seen == sorted(seen, key=seen.index)  # each series in one run
+    own = await asyncio.to_thread(_orthanc_own, pacs, target.study)
+    assert {sop: _after_meta(body) for _, sop, body in four} == own
+
+
+async def test_client_leaving_mid_retrieve_releases_every_association(
+    pacs: Pacs, tmp_path: Path
+) -> None:
+    large = pacs.manifest["large"]["studies"][0]
+    site = _orthanc_site(pacs, tmp_path, "cancel", retrieve_parallelism=4, dimse_timeout=10)
+    async with _backend(site) as backend:
+        async with aclosing(backend._instances(Target(large["study_uid"]))) as items:
+            async for _ in items:
+                break  # the client leaves after the first instance
+        for _ in range(500):  # C-CANCELs answered, the flight over
+            if backend.stats()["flights_in_progress"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        stats = backend.stats()
+        assert stats["flights_in_progress"] == 0
+        assert backend._pool._leased == 0  # every association given back (or aborted)
+        assert stats["instances_received"] < sum(len(s["instances"]) for s in large["series"])
+        # the pool still works: a small study, whole
+        small = _study_with_series(pacs, 2)
+        got = await _retrieved(backend, Target(small["study_uid"]))
+        assert len(got) == sum(len(s["instances"]) for s in small["series"])
+
+
+# ---------------------------------------------------------------------- a failing series
+
+SECOND = f"{STUDY}.2"
+
+
+def _series_answers(event: Event, scp: Scp) -> Any:
+    asked = event.identifier
+    scp.note(f"find-{asked.QueryRetrieveLevel}")
+    if asked.QueryRetrieveLevel != "SERIES":
+        yield 0x0000, None  # nothing said of the SOP classes: the fixed list is proposed
+        return
+    for uid in (SERIES, SECOND):
+        answer = Dataset()
+        answer.QueryRetrieveLevel = "SERIES"
+        answer.StudyInstanceUID = STUDY
+        answer.SeriesInstanceUID = uid
+        yield 0xFF00, answer
+    yield 0x0000, None
+
+
+def _get_failing_second(event: Event, scp: Scp) -> Any:
+    series = str(event.identifier.get("SeriesInstanceUID", ""))
+    scp.note(f"get-{event.identifier.QueryRetrieveLevel}", event.identifier)
+    if series != SECOND:
+        yield 3
+        for number in range(3):
+            yield 0xFF00, _instance(number)
+        return
+    yield 1
+    yield 0xA702, None  # out of resources: unable to perform sub-operations
+
+
+async def test_a_failing_series_fails_the_whole_retrieve(
+    start_scp: Callable[..., Scp], tmp_path: Path
+) -> None:
+    scp = start_scp({evt.EVT_C_FIND: _series_answers, evt.EVT_C_GET: _get_failing_second})
+    site = DimseSite(
+        id="faulty",
+        host="127.0.0.1",
+        port=scp.port,
+        called_aet=SCP_AET,
+        calling_aet="NCPEH-PARALLEL",
+        cache_dir=str(tmp_path / "cache"),
+        dimse_timeout=2,
+        search_timeout=2,
+        retrieve_parallelism=2,
+        iocm=False,
+    )
+    async with _backend(site) as backend:
+        with pytest.raises(BackendError) as raised:  # BackendBusy is one
+            await _retrieved(backend, Target(STUDY))
+        assert raised.value.detail == {"dimse_status": "0xA702"}
+        assert scp.count("get-SERIES") == 2 and scp.count("get-STUDY") == 0
+        assert backend.stats()["flights_in_progress"] == 0
+        assert backend._pool._leased == 0
+        # nothing recorded as complete: asking again goes back to the PACS
+        with pytest.raises(BackendError):
+            await _retrieved(backend, Target(STUDY))
+        assert scp.count("get-SERIES") == 4
