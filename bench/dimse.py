@@ -129,6 +129,9 @@ def forget_move_destination(orthanc_url: str) -> None:
 
 
 def dimse_config(work: Path, port: int, host: str, dicom_port: int, aet: str, store: int) -> str:
+    # BENCH_DIMSE_PARALLELISM=N: the sites' retrieve_parallelism (else the gateway's default).
+    parallelism = os.environ.get("BENCH_DIMSE_PARALLELISM")
+    tuning = f"retrieve_parallelism = {int(parallelism)}\n" if parallelism else ""
     sites = []
     for site, method, calling, extra in (
         ("get", "c-get", "BENCH-GET", ""),
@@ -137,7 +140,7 @@ def dimse_config(work: Path, port: int, host: str, dicom_port: int, aet: str, st
         sites.append(
             f'[[sites]]\nid = "{site}"\nkind = "dimse"\nhost = "{host}"\nport = {dicom_port}\n'
             f'called_aet = "{aet}"\ncalling_aet = "{calling}"\nretrieve = "{method}"\n'
-            f'cache_dir = "{work / ("cache-" + site)}"\n{extra}'
+            f'cache_dir = "{work / ("cache-" + site)}"\n{extra}{tuning}'
         )
     return gateway_config(work, port, "\n".join(sites), default_site="get")
 

@@ -156,7 +156,7 @@ class DimseSite:
     max_associations: int = 4
     # C-GETs / C-MOVEs a study retrieve is split into, one per series, at once (at most
     # max_associations; none if cache_max_bytes is under 32 MB each); 1: one for the study.
-    retrieve_parallelism: int = 4
+    retrieve_parallelism: int = 1
     connect_timeout: float = 5.0
     dimse_timeout: float = 30.0  # longest wait for any one DIMSE response
     search_timeout: float = 30.0  # a whole C-FIND
@@ -1028,7 +1028,7 @@ def _dimse_site(raw: Mapping[str, Any], site_id: str, where: str) -> DimseSite:
         store_host=_opt_str(raw, "store_host", where) or "127.0.0.1",
         store_port=_int(raw, "store_port", where, 11113, 0, 65535),
         max_associations=_int(raw, "max_associations", where, 4, 1, 64),
-        retrieve_parallelism=_int(raw, "retrieve_parallelism", where, 4, 1, 64),
+        retrieve_parallelism=_int(raw, "retrieve_parallelism", where, 1, 1, 64),
         connect_timeout=_float(raw, "connect_timeout", where, 5.0),
         dimse_timeout=_float(raw, "dimse_timeout", where, 30.0),
         search_timeout=_float(raw, "search_timeout", where, 30.0),
