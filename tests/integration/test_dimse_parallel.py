@@ -18,14 +18,17 @@ from typing import Any
 import pydicom
 import pytest
 import requests
+from aiohttp.test_utils import TestClient
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.events import Event
 
+from ncpeh_dicomweb.app import create_app
 from ncpeh_dicomweb.backends.base import Target
 from ncpeh_dicomweb.backends.dimse.backend import DimseBackend
-from ncpeh_dicomweb.config import DimseSite
+from ncpeh_dicomweb.config import DimseSite, settings_from_mapping
 from ncpeh_dicomweb.errors import BackendError
+from ncpeh_dicomweb.web.keys import BACKENDS
 from tests.conftest import Pacs
 from tests.integration.multipart_split import split_multipart
 from tests.integration.test_dimse_faults import (
@@ -62,12 +65,17 @@ def _orthanc_site(pacs: Pacs, tmp_path: Path, name: str, **overrides: Any) -> Di
     )
 
 
-async def _retrieved(backend: DimseBackend, target: Target) -> list[tuple[str, str, bytes]]:
-    """(series, SOP Instance UID, Part-10 file) of each instance, in the order retrieved."""
+async def _retrieved(
+    backend: DimseBackend, target: Target, most_open: list[int] | None = None
+) -> list[tuple[str, str, bytes]]:
+    """(series, SOP Instance UID, Part-10 file) of each instance, in the order retrieved;
+    ``most_open[0]``, if given: the most associations open as they arrived."""
     out = []
     async with aclosing(backend._instances(target)) as items:
         async for item in items:
             out.append((item.series, item.sop, item.path.read_bytes()))
+            if most_open is not None:
+                most_open[0] = max(most_open[0], backend.stats()["associations_open"])
     return out
 
 
@@ -111,8 +119,11 @@ async def test_parallel_retrieve_is_the_serial_one_and_orthancs(
         assert serial.stats()["associations_open"] == 1
     parallel_site = _orthanc_site(pacs, tmp_path, "parallel", retrieve_parallelism=4, **extra)
     async with _backend(parallel_site) as parallel:
-        four = await _retrieved(parallel, target)
-        assert parallel.stats()["associations_open"] >= 2  # the series came on several
+        most_open = [0]
+        four = await _retrieved(parallel, target, most_open)
+        assert most_open[0] >= 2  # the series came on several
+        # ... let go once done: an idle association costs CPU (two polling threads)
+        assert parallel.stats()["associations_open"] == 1
         assert parallel.stats()["flights_in_progress"] == 0
         again = await _retrieved(parallel, target)  # from the cache: grouped by series
     assert sorted(one) == sorted(four)  # the same instances, the same files
@@ -147,6 +158,87 @@ async def test_client_leaving_mid_retrieve_releases_every_association(
         small = _study_with_series(pacs, 2)
         got = await _retrieved(backend, Target(small["study_uid"]))
         assert len(got) == sum(len(s["instances"]) for s in small["series"])
+
+
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+def _dimse_backend(client: TestClient[Any, Any], site: str) -> DimseBackend:
+    backend: Any = client.app[BACKENDS][site]
+    while not isinstance(backend, DimseBackend):
+        backend = backend.inner  # the metrics (and IOCM) wrappers
+    return backend
+
+
+@pytest.mark.parametrize("retrieve", ["c-get", "c-move"])
+async def test_a_study_retrieved_in_parallel_is_then_sent_whole(
+    aiohttp_client: Callable[..., Any], pacs: Pacs, tmp_path: Path, retrieve: str
+) -> None:
+    """Retrieved one series per operation, several at once, the study is then in the cache
+    as one complete listing: asked again, it goes out whole (a Content-Length, sendfile),
+    the PACS not asked, the same parts as the first (chunked) answer."""
+    study = _study_with_series(pacs, 3)
+    site: dict[str, Any] = {
+        "id": "par",
+        "kind": "dimse",
+        "host": "127.0.0.1",
+        "port": pacs.dicom_port,
+        "called_aet": pacs.aet,
+        "calling_aet": "NCPEH-PARALLEL",
+        "retrieve": retrieve,
+        "retrieve_parallelism": 4,
+        "cache_dir": str(tmp_path / "cache"),
+        "iocm": False,
+    }
+    if retrieve == "c-move":  # Orthanc knows STORESCP@127.0.0.1:11113 (orthanc.sh)
+        site |= {"calling_aet": "STORESCP", "store_port": 11113}
+    settings = settings_from_mapping(
+        {
+            "sites": [site],
+            "state": {"sqlite": str(tmp_path / "state.sqlite3")},
+            "audit": {"jsonl_path": str(tmp_path / "audit.jsonl")},
+        },
+        {},
+    )
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
+    backend = _dimse_backend(client, "par")
+    parts: list[Target] = []
+    sub_retrieve = backend._sub_retrieve
+
+    async def counted(assoc: Any, part: Target, *args: Any) -> Any:
+        parts.append(part)
+        return await sub_retrieve(assoc, part, *args)
+
+    backend._sub_retrieve = counted  # type: ignore[method-assign]
+    path = f"/site/par/dicom-web/studies/{study['study_uid']}"
+    async with client.get(path, headers={"Accept": AS_STORED}) as cold:
+        cold_body = await cold.read()
+        assert cold.status == 200, cold_body[:300]
+    assert "Content-Length" not in cold.headers  # streamed as it arrived
+    assert sorted(p.series or "" for p in parts) == sorted(s["uid"] for s in study["series"])
+    stats = backend.stats()
+    # The associations the split took besides the retrieve's own are let go, not left
+    # idle: pynetdicom polls each every millisecond, which slowed the warm answer.
+    assert stats["associations_open"] == 1
+    assert stats["retrieves"] == 1 and stats["flights_in_progress"] == 0
+    async with client.get(path, headers={"Accept": AS_STORED}) as warm:
+        warm_body = await warm.read()
+        assert warm.status == 200, warm_body[:300]
+    assert warm.headers.get("Content-Length") == str(len(warm_body))
+    assert "chunked" not in warm.headers.get("Transfer-Encoding", "")
+    after = backend.stats()
+    assert after["retrieves"] == 1 and after["cache_answers"] == 1  # the PACS not asked
+    assert after["instances_received"] == stats["instances_received"]
+    cold_parts = split_multipart(cold.headers["Content-Type"], cold_body)
+    warm_parts = split_multipart(warm.headers["Content-Type"], warm_body)
+    assert len(cold_parts) == sum(len(s["instances"]) for s in study["series"])
+    location = lambda parts: {h["content-location"]: (h, b) for h, b in parts}  # noqa: E731
+    assert location(warm_parts) == location(cold_parts)
+    for headers, body in warm_parts:
+        assert headers["content-length"] == str(len(body))
+    seen = [h["content-location"].split("/series/")[1].split("/")[0] for h, _ in warm_parts]
+    assert seen == sorted(seen, key=seen.index)  # each series in one run
+    assert backend._cache.stats.pinned == 0
 
 
 # ---------------------------------------------------------------------- a failing series

@@ -453,7 +453,7 @@ class DimseBackend:
     ) -> None:
         """Retrieve parts of ``split`` one after the other on ``assoc`` (the first part at
         once); or (None), once the first part is under way, on an association of their own
-        if one is free then."""
+        if one is free then, released once no part is left for it (see :func:`_let_go`)."""
         if assoc is not None:
             try:
                 while (part := split.next()) is not None:
@@ -472,6 +472,7 @@ class DimseBackend:
                 except BackendBusy:
                     return  # no association free now: the others take its parts
                 await self._sub_retrieves(split, sink, plan, deadline, own)
+                await self._pool.run(_let_go, own)
         except GatewayError as exc:
             split.fail(exc)
         except Exception:  # a task of its own: logged here, or never
@@ -555,14 +556,17 @@ class DimseBackend:
         return plan_retrieve(held, self._pool.query_plan), parts
 
     async def _study_series(self, study: str) -> list[str]:
-        """The study's series, by a C-FIND on an association free now; none if there is no
-        such association, or the PACS cannot say (the study is then retrieved whole)."""
+        """The study's series, by a C-FIND on an association free now (released after it:
+        see :func:`_let_go`); none if there is no such association, or the PACS cannot say
+        (the study is then retrieved whole)."""
         try:
             async with self._pool.lease(wait=0) as assoc:
                 self.counters.finds += 1
-                return await self._pool.run(
+                uids = await self._pool.run(
                     find_series, assoc, study, self._message_id(), self._site.search_timeout
                 )
+                await self._pool.run(_let_go, assoc)
+                return uids
         except GatewayError as exc:
             log.info("a study retrieved whole: its series unknown (%s)", exc)
             return []
@@ -750,6 +754,19 @@ def _make_sink(
 
 
 _PREAMBLE = b"\0" * 128 + b"DICM"  # PS3.10 7.1
+
+
+def _let_go(assoc: Association) -> None:
+    """Release an association a split leased beyond what a whole retrieve needs (the
+    series' C-FIND, a part's own), so that the pool does not keep it: an idle pynetdicom
+    association is two threads each waking every millisecond (~8% of a core), and several
+    left idle after each parallel retrieve slow everything the gateway does after it (a
+    warm answer sent from the cache). Released, it is never put back idle (the pool keeps
+    only established ones); a failure here costs nothing (the pool then aborts it)."""
+    try:
+        assoc.release()
+    except Exception:
+        log.debug("release failed", exc_info=True)
 
 
 def _uids_of(event: Any, view: memoryview) -> tuple[str, str]:
