@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import ssl
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ import pydicom
 import pytest
 import requests
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from ncpeh_dicomweb.app import create_app
@@ -34,6 +35,7 @@ from ncpeh_dicomweb.web.streaming import stream_parts
 from tests.conftest import Pacs
 from tests.integration.multipart_split import split_multipart
 from tests.integration.util import pacs_json
+from tests.unit.test_tls import make_pki
 
 pytestmark = pytest.mark.integration
 
@@ -153,6 +155,43 @@ async def test_warm_study_is_sent_whole_and_byte_identical(
         assert head.status == 200
         assert head.headers["Content-Length"] == str(len(warm_body))
         assert await head.read() == b""
+
+
+async def test_over_https_the_whole_answer_falls_back_to_reads_and_writes(
+    aiohttp_client: Callable[..., Any], pacs: Pacs, cache_dir: Path, tmp_path: Path
+) -> None:
+    """A TLS transport cannot ``sendfile``: asyncio reads and writes the files instead, and
+    the warm answer is still whole, its Content-Length right, its parts the cold ones."""
+    pki = make_pki(tmp_path / "pki")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(pki.server_cert, pki.server_key)
+    client_tls = ssl.create_default_context(cafile=str(pki.ca))
+    study = _study(pacs)
+    path = f"/site/get/dicom-web/studies/{study['study_uid']}"
+    plain = await _gateway(aiohttp_client, pacs, cache_dir, tmp_path)
+    cold, cold_body = await _get(plain, path)  # fills the cache (or finds it filled)
+    settings = plain.app[SETTINGS]
+    await plain.close()  # one gateway on the cache directory at a time
+    server = TestServer(create_app(settings))
+    await server.start_server(ssl=server_tls)  # started here: aiohttp_client would not pass ssl
+    secure: Client = await aiohttp_client(server)
+    assert str(secure.make_url("/")).startswith("https://")
+    async with secure.get(
+        path, headers={"Accept": AS_STORED}, ssl=client_tls, server_hostname="localhost"
+    ) as warm:
+        warm_body = await warm.read()
+        assert warm.status == 200, warm_body[:300]
+        assert warm.headers["Content-Length"] == str(len(warm_body))
+        assert "Transfer-Encoding" not in warm.headers
+        warm_type = warm.headers["Content-Type"]
+    cold_parts = _by_location(_parts(cold.headers["Content-Type"], cold_body))
+    warm_parts = _by_location(_parts(warm_type, warm_body))
+    assert len(warm_parts) == sum(len(s["instances"]) for s in study["series"])
+    assert {sop: body for sop, (_, body) in warm_parts.items()} == {
+        sop: body for sop, (_, body) in cold_parts.items()
+    }
+    assert all(h["content-location"].startswith("https://") for h, _ in warm_parts.values())
+    assert _cache(secure).stats.pinned == 0
 
 
 async def test_a_restart_keeps_the_syntaxes_and_the_whole_answer(
