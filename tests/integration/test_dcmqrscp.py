@@ -31,13 +31,13 @@ from tests.conftest import (
 )
 from tests.integration.test_dimse import (
     AS_STORED,
-    _after_meta,
     _instances_by_sop,
     _normalised_metadata,
     _same_answers,
 )
 from tests.integration.test_qido import INSTANCE_CASES, SERIES_CASES, STUDY_CASES, Sample, _search
 from tests.integration.test_qido import sample as sample
+from tests.integration.util import after_meta
 from tests.servers import read_env
 
 pytestmark = pytest.mark.integration
@@ -256,7 +256,7 @@ def _same_instances(qr: QrGateway, site: str, path: str) -> int:
     got = _instances_by_sop(f"{qr.root(site)}/{path}", AS_STORED)
     assert set(got) == set(web)
     for sop, (headers, body) in got.items():
-        assert _after_meta(body) == _after_meta(web[sop][1]), sop
+        assert after_meta(body) == after_meta(web[sop][1]), sop
         assert headers["content-type"] == web[sop][0]["content-type"]
         assert headers["content-location"].startswith(f"{qr.root(site)}/{path.split('/')[0]}/")
     return len(got)

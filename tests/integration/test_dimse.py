@@ -16,7 +16,7 @@ from tests.conftest import DimseGateway, Pacs
 from tests.integration.multipart_split import split_multipart
 from tests.integration.test_qido import INSTANCE_CASES, SERIES_CASES, STUDY_CASES, Sample, _search
 from tests.integration.test_qido import sample as sample
-from tests.integration.util import pacs_json, reset_peak_rss, status_kb
+from tests.integration.util import after_meta, pacs_json, reset_peak_rss, status_kb
 
 pytestmark = pytest.mark.integration
 
@@ -98,13 +98,6 @@ def _instances_by_sop(url: str, accept: str) -> dict[str, tuple[dict[str, str], 
     return out
 
 
-def _after_meta(body: bytes) -> bytes:
-    stream = io.BytesIO(body)
-    pydicom.filereader.read_preamble(stream, False)
-    pydicom.filereader._read_file_meta_info(stream)
-    return body[stream.tell() :]
-
-
 @pytest.mark.parametrize("site", SITES)
 @pytest.mark.parametrize("accept", [AS_STORED, None], ids=["as-stored", "default"])
 def test_study_retrieve_equals_dicomweb_site(
@@ -119,7 +112,7 @@ def test_study_retrieve_equals_dicomweb_site(
         got = _instances_by_sop(f"{dimse_gateway.root(site)}/studies/{uid}", header)
         assert set(got) == set(web)
         for sop, (headers, body) in got.items():
-            assert _after_meta(body) == _after_meta(web[sop][1]), sop
+            assert after_meta(body) == after_meta(web[sop][1]), sop
             assert headers["content-type"] == web[sop][0]["content-type"]
             assert headers["content-location"].startswith(
                 f"{dimse_gateway.root(site)}/studies/{uid}/"
@@ -172,7 +165,7 @@ def test_key_object_documents_are_retrieved(
             got = _instances_by_sop(base + path, AS_STORED)
             assert set(got) == {kos["sop"]}, path
             theirs = _instances_by_sop(web + path, AS_STORED)[kos["sop"]]
-            assert _after_meta(got[kos["sop"]][1]) == _after_meta(theirs[1])
+            assert after_meta(got[kos["sop"]][1]) == after_meta(theirs[1])
             assert got[kos["sop"]][0]["content-type"] == theirs[0]["content-type"]
         assert _stats(dimse_gateway, site)["retrieves"] > before  # from the PACS, not a cache
         study = next(s for s in core["studies"] if s["study_uid"] == kos["study"])

@@ -48,6 +48,7 @@ from ncpeh_dicomweb.dicomweb.transfer_syntaxes import (
 )
 from tests.conftest import DimseGateway, Pacs, running_dimse_gateway
 from tests.integration.multipart_split import split_multipart
+from tests.integration.util import after_meta
 
 pytestmark = pytest.mark.integration
 
@@ -305,13 +306,6 @@ def _parts(url: str) -> dict[str, tuple[str, bytes]]:
     return out
 
 
-def _after_meta(body: bytes) -> bytes:
-    stream = io.BytesIO(body)
-    pydicom.filereader.read_preamble(stream, False)
-    pydicom.filereader._read_file_meta_info(stream)
-    return body[stream.tell() :]
-
-
 def _elements(body: bytes, *, bulk: bool = True) -> Dataset:
     """The dataset without what a DIMSE sender may drop (group lengths, trailing padding);
     without OB/OW/UN values too unless ``bulk`` (their bytes follow the byte order)."""
@@ -341,7 +335,7 @@ def _same_instance(body: bytes, stored: Stored) -> bool:
     meta = pydicom.dcmread(io.BytesIO(body), stop_before_pixels=True).file_meta
     assert meta.TransferSyntaxUID == stored.syntax, stored.sop_class
     assert meta.MediaStorageSOPClassUID == stored.sop_class
-    if _after_meta(body) == _after_meta(stored.file):
+    if after_meta(body) == after_meta(stored.file):
         return True
     mine, theirs = _elements(body), _elements(stored.file)
     assert mine == theirs, stored.sop_class

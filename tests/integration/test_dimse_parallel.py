@@ -9,15 +9,12 @@ written here fails one series: the whole retrieve fails, with that series' DIMSE
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
-import requests
 from aiohttp.test_utils import TestClient
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -39,6 +36,7 @@ from tests.integration.test_dimse_faults import (
     _instance,
     start_scp,
 )
+from tests.integration.util import after_meta, orthanc_study_files
 
 pytestmark = pytest.mark.integration
 __all__ = ["start_scp"]  # the fixture, used below
@@ -79,27 +77,6 @@ async def _retrieved(
     return out
 
 
-def _after_meta(body: bytes) -> bytes:
-    stream = io.BytesIO(body)
-    pydicom.filereader.read_preamble(stream, False)
-    pydicom.filereader._read_file_meta_info(stream)
-    return body[stream.tell() :]
-
-
-def _orthanc_own(pacs: Pacs, study: str) -> dict[str, bytes]:
-    response = requests.get(
-        f"{pacs.dicomweb_root}/studies/{study}",
-        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
-        timeout=120,
-    )
-    assert response.status_code == 200
-    out = {}
-    for _, body in split_multipart(response.headers["Content-Type"], response.content):
-        sop = str(pydicom.dcmread(io.BytesIO(body), stop_before_pixels=True).SOPInstanceUID)
-        out[sop] = _after_meta(body)
-    return out
-
-
 def _study_with_series(pacs: Pacs, at_least: int) -> dict[str, Any]:
     return next(s for s in pacs.manifest["core"]["studies"] if len(s["series"]) >= at_least)
 
@@ -133,8 +110,11 @@ async def test_parallel_retrieve_is_the_serial_one_and_orthancs(
         assert len(in_order) == len(series["instances"])
     seen = [se for se, _, _ in again]
     assert seen == sorted(seen, key=seen.index)  # each series in one run
-    own = await asyncio.to_thread(_orthanc_own, pacs, target.study)
-    assert {sop: _after_meta(body) for _, sop, body in four} == own
+    own = {
+        sop: after_meta(body)
+        for sop, body in (await asyncio.to_thread(orthanc_study_files, pacs, target.study)).items()
+    }
+    assert {sop: after_meta(body) for _, sop, body in four} == own
 
 
 async def test_client_leaving_mid_retrieve_releases_every_association(

@@ -20,7 +20,6 @@ from typing import Any
 
 import pydicom
 import pytest
-import requests
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
@@ -34,7 +33,7 @@ from ncpeh_dicomweb.web.keys import ACTIVE_STREAMS, BACKENDS, CLIENT_STREAMS, SE
 from ncpeh_dicomweb.web.streaming import stream_parts
 from tests.conftest import Pacs
 from tests.integration.multipart_split import split_multipart
-from tests.integration.util import pacs_json
+from tests.integration.util import after_meta, orthanc_study_files, pacs_json
 from tests.unit.test_tls import make_pki
 
 pytestmark = pytest.mark.integration
@@ -104,25 +103,6 @@ def _by_location(parts: Parts) -> dict[str, tuple[dict[str, str], bytes]]:
     return {h["content-location"].rsplit("/", 1)[1]: (h, b) for h, b in parts}
 
 
-def _after_meta(body: bytes) -> bytes:
-    stream = io.BytesIO(body)
-    pydicom.filereader.read_preamble(stream, False)
-    pydicom.filereader._read_file_meta_info(stream)
-    return body[stream.tell() :]
-
-
-def _orthanc_bodies(pacs: Pacs, study: str) -> dict[str, bytes]:
-    direct = requests.get(
-        f"{pacs.dicomweb_root}/studies/{study}", headers={"Accept": AS_STORED}, timeout=120
-    )
-    assert direct.status_code == 200
-    out = {}
-    for _, body in split_multipart(direct.headers["Content-Type"], direct.content):
-        ds = pydicom.dcmread(io.BytesIO(body), stop_before_pixels=True)
-        out[str(ds.SOPInstanceUID)] = body
-    return out
-
-
 async def test_warm_study_is_sent_whole_and_byte_identical(
     aiohttp_client: Callable[..., Any], pacs: Pacs, cache_dir: Path, tmp_path: Path
 ) -> None:
@@ -146,9 +126,9 @@ async def test_warm_study_is_sent_whole_and_byte_identical(
         assert headers["content-length"] == str(len(body))
         assert headers["content-type"].startswith("application/dicom; transfer-syntax=1.")
     # The dataset as Orthanc stores it (the file meta is the receiver's own, PS3.10 7.1).
-    orthanc = _orthanc_bodies(pacs, study["study_uid"])
-    mine = {sop: _after_meta(body) for sop, (_, body) in _by_location(warm_parts).items()}
-    assert mine == {sop: _after_meta(body) for sop, body in orthanc.items()}
+    orthanc = orthanc_study_files(pacs, study["study_uid"])
+    mine = {sop: after_meta(body) for sop, (_, body) in _by_location(warm_parts).items()}
+    assert mine == {sop: after_meta(body) for sop, body in orthanc.items()}
     assert _cache(client).stats.pinned == 0
     # HEAD: the headers a GET gets, its length included, and no body.
     async with client.head(path, headers={"Accept": AS_STORED}) as head:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pydicom
+import requests
+
 from tests.conftest import Gateway, Pacs
+from tests.integration.multipart_split import split_multipart
 
 
 def pacs_json(pacs: Pacs, path: str, raw_query: str = "") -> Any:
@@ -117,3 +122,27 @@ def qido_as_answered(gateway_root: str, pacs: Pacs, path: str, body: list[Any]) 
             for item in answer:
                 item.setdefault(tag, {"vr": dictionary_VR(tag).split(" or ")[0]})
     return answer
+
+
+def after_meta(body: bytes) -> bytes:
+    """A Part-10 file's dataset without its preamble and File Meta Information: what a PACS
+    stored, whoever wrote the meta (each receiver writes its own, PS3.10 7.1)."""
+    stream = io.BytesIO(body)
+    pydicom.filereader.read_preamble(stream, False)
+    pydicom.filereader._read_file_meta_info(stream)
+    return body[stream.tell() :]
+
+
+def orthanc_study_files(pacs: Pacs, study: str) -> dict[str, bytes]:
+    """Orthanc's own WADO-RS retrieve of ``study``, as stored: its Part-10 files by SOP UID."""
+    response = requests.get(
+        f"{pacs.dicomweb_root}/studies/{study}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+        timeout=120,
+    )
+    assert response.status_code == 200
+    out = {}
+    for _, body in split_multipart(response.headers["Content-Type"], response.content):
+        sop = str(pydicom.dcmread(io.BytesIO(body), stop_before_pixels=True).SOPInstanceUID)
+        out[sop] = body
+    return out
