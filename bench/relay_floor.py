@@ -10,7 +10,8 @@ Orthanc reached directly, alternating, by curl (the same study retrieve as the b
 
     python bench/relay_floor.py --pacs-env var/orthanc/env --study UID [--pairs 7]
 
-Prints the median throughput ratio relay / direct of each mode. A gateway must parse the
+Prints the median throughput ratio relay / direct of each mode, and the relay's CPU
+seconds per GB (its process's user + system time around the relayed transfers). A gateway must parse the
 multipart answer, relabel its parts and frame its own response, so it can only be slower
 than ``copy``; the ratio ``splice`` reaches says what a 3-process, 2-core machine allows.
 """
@@ -103,14 +104,20 @@ def main() -> None:
     for name in ("splice", "copy"):
         mode[0] = name
         ratios = []
+        cpu = relayed_bytes = 0.0
         for _ in range(args.pairs):
             direct = curl_get(f"http://{host}:{port}{path}", AS_STORED)
+            before = os.times()
             relayed = curl_get(f"http://127.0.0.1:{relay_port}{path}", AS_STORED)
+            after = os.times()
+            cpu += (after.user - before.user) + (after.system - before.system)
+            relayed_bytes += relayed.size
             assert relayed.size == direct.size, (relayed.size, direct.size)
             ratios.append(direct.seconds / relayed.seconds)
         print(
             f"{name}: relay / direct throughput, median of {args.pairs}: "
-            f"{statistics.median(ratios):.2f} ({', '.join(f'{r:.2f}' for r in ratios)})"
+            f"{statistics.median(ratios):.2f} ({', '.join(f'{r:.2f}' for r in ratios)}); "
+            f"relay CPU {cpu / (relayed_bytes / 1e9):.2f} s/GB"
         )
     listener.close()
 

@@ -99,7 +99,7 @@ class PartHead:
     """On the first part of an answer made wholly of local files (see :class:`FileAnswer`)."""
 
 
-RetrieveEvent = PartHead | bytes
+RetrieveEvent = PartHead | bytes | memoryview
 
 
 class Backend(Protocol):

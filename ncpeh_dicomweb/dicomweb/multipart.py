@@ -218,9 +218,10 @@ class PartStart:
 
 @dataclass(frozen=True, slots=True)
 class PartData:
-    """A non-empty piece of the current part's body."""
+    """A non-empty piece of the current part's body: a view of the bytes fed, not a copy
+    (the reader never changes what it was fed; neither may the consumer)."""
 
-    data: bytes
+    data: memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +262,10 @@ class MultipartReader:
     line endings in the header section, folded header lines. Strict where silence would
     corrupt data: a boundary followed by anything but padding + line end or ``--`` is an
     error, as is a header section over ``max_header_bytes``.
+
+    A part with a ``Content-Length`` (PACS send one per instance) is read by counting: its
+    body is passed on without searching it for the delimiter, which must then follow it
+    exactly: a length that does not match the body is an error, never a part cut or merged.
     """
 
     __slots__ = (
@@ -269,6 +274,7 @@ class MultipartReader:
         "_header_scanned",
         "_max_header_bytes",
         "_pending",
+        "_remaining",
         "_state",
     )
 
@@ -284,6 +290,8 @@ class MultipartReader:
         self._pending = b"\r\n"
         # In HEADERS: how many bytes of _pending were already searched for the blank line.
         self._header_scanned = 0
+        # In BODY: bytes of the part's declared Content-Length still to come; -1 if unknown.
+        self._remaining = -1
         self._error: MultipartError | None = None
 
     @property
@@ -306,7 +314,7 @@ class MultipartReader:
             raise self._error
         if self._state is _State.DONE:
             return []
-        if not isinstance(data, bytes):
+        if isinstance(data, memoryview):
             data = bytes(data)
         buf = self._pending + data if self._pending else data
         self._pending = b""
@@ -338,24 +346,42 @@ class MultipartReader:
         self._state = _State.FAILED
         self._pending = b""
 
-    def _process(self, buf: bytes) -> list[Event]:
+    def _process(self, buf: bytes | bytearray) -> list[Event]:
         events: list[Event] = []
         delimiter = self._delimiter
         dlen = len(delimiter)
         pos = 0
         n = len(buf)
+        view = memoryview(buf)
         while True:
             state = self._state
-            if state is _State.BODY:
+            if state is _State.BODY and self._remaining >= 0:
+                take = min(n - pos, self._remaining)
+                if take:
+                    events.append(PartData(view[pos : pos + take]))
+                    pos += take
+                    self._remaining -= take
+                if self._remaining:
+                    return events
+                if n - pos < dlen:
+                    self._pending = bytes(view[pos:])
+                    return events
+                if not buf.startswith(delimiter, pos):
+                    raise MultipartError("a part's Content-Length does not match its body")
+                self._remaining = -1
+                events.append(PartEnd())
+                pos += dlen
+                self._state = _State.AFTER_DELIMITER
+            elif state is _State.BODY:
                 idx = buf.find(delimiter, pos)
                 if idx < 0:
                     keep = self._hold_back_from(buf, pos)
                     if keep > pos:
-                        events.append(PartData(buf[pos:keep]))
-                    self._pending = buf[keep:]
+                        events.append(PartData(view[pos:keep]))
+                    self._pending = bytes(view[keep:])
                     return events
                 if idx > pos:
-                    events.append(PartData(buf[pos:idx]))
+                    events.append(PartData(view[pos:idx]))
                 events.append(PartEnd())
                 pos = idx + dlen
                 self._state = _State.AFTER_DELIMITER
@@ -363,7 +389,7 @@ class MultipartReader:
                 idx = buf.find(delimiter, pos)
                 if idx < 0:
                     # Discard the preamble, keeping only what may begin a delimiter.
-                    self._pending = buf[max(pos, n - dlen + 1) :]
+                    self._pending = bytes(view[max(pos, n - dlen + 1) :])
                     return events
                 pos = idx + dlen
                 self._state = _State.AFTER_DELIMITER
@@ -381,7 +407,7 @@ class MultipartReader:
                         continue
                     if p == n - 1 and buf[p] not in b"\r-":
                         raise MultipartError("invalid characters after a multipart boundary")
-                    self._pending = buf[pos:]
+                    self._pending = bytes(view[pos:])
                     return events
                 two = buf[p : p + 2]
                 if two == b"--":
@@ -398,11 +424,12 @@ class MultipartReader:
             elif state is _State.HEADERS:
                 result = self._parse_headers(buf, pos)
                 if result is None:
-                    self._pending = buf[pos:]
+                    self._pending = bytes(view[pos:])
                     return events
                 headers, pos = result
                 events.append(PartStart(headers))
                 self._state = _State.BODY
+                self._remaining = _declared_length(headers)
             else:  # pragma: no cover - DONE/FAILED never reach _process
                 return events
 
@@ -410,7 +437,7 @@ class MultipartReader:
         self._state = _State.HEADERS
         self._header_scanned = 0
 
-    def _hold_back_from(self, buf: bytes, pos: int) -> int:
+    def _hold_back_from(self, buf: bytes | bytearray, pos: int) -> int:
         """Index from which ``buf`` must be kept because it may start a delimiter.
 
         Only a suffix shorter than the delimiter that is a prefix of it can; such a suffix
@@ -426,7 +453,9 @@ class MultipartReader:
             cr = buf.find(b"\r", cr + 1)
         return n
 
-    def _parse_headers(self, buf: bytes, pos: int) -> tuple[Mapping[str, str], int] | None:
+    def _parse_headers(
+        self, buf: bytes | bytearray, pos: int
+    ) -> tuple[Mapping[str, str], int] | None:
         """Parse the header section at ``buf[pos:]``; None if it is not complete yet."""
         limit = self._max_header_bytes
         # A section that is just the blank line: a part without headers.
@@ -450,7 +479,13 @@ class MultipartReader:
         return _decode_headers(buf[pos : match.start()]), end
 
 
-def _decode_headers(raw: bytes) -> Mapping[str, str]:
+def _declared_length(headers: Mapping[str, str]) -> int:
+    """A part's Content-Length if it is one (RFC 9110 8.6: digits only), else -1."""
+    value = headers.get("content-length", "")
+    return int(value) if value.isdigit() and value.isascii() and len(value) < 19 else -1
+
+
+def _decode_headers(raw: bytes | bytearray) -> Mapping[str, str]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

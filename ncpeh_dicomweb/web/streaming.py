@@ -27,6 +27,7 @@ from ..backends.base import FileAnswer, FilePart, PartHead, RetrieveEvent
 from ..backends.dimse.instances import file_chunks
 from ..dicomweb import multipart
 from ..errors import GatewayError, NotFound, TooManyRequests
+from .chunked import ChunkWriter
 from .forwarded import client_address
 from .keys import (
     ACTIVE_STREAMS,
@@ -152,9 +153,12 @@ async def _stream(
 ) -> web.StreamResponse:
     boundary = multipart.new_boundary()
     response = shape.response(boundary)
-    return await _serve(
-        request, response, shape.what, lambda: _write(response, shape, boundary, first, events)
-    )
+
+    async def body() -> None:
+        await _write(ChunkWriter(request, response), shape, boundary, first, events)
+        await response.write_eof()
+
+    return await _serve(request, response, shape.what, body)
 
 
 async def _send_files(
@@ -253,7 +257,7 @@ async def _serve(
 
 
 async def _write(
-    response: web.StreamResponse,
+    out: ChunkWriter,
     shape: _Shape,
     boundary: str,
     first: RetrieveEvent,
@@ -261,26 +265,32 @@ async def _write(
 ) -> None:
     peek = shape.peek
     parts = 0
-    head: list[bytes] = []  # the first part's first chunks, for ``peek``
+    head: list[bytes | memoryview] = []  # the first part's first chunks, for ``peek``
     held = 0
+    part_header = b""  # goes out in one chunk with the body's first piece
     event: RetrieveEvent | None = first
     while event is not None:
         if peek is not None and (parts > 1 or held >= PEEK_BYTES):
             peek(b"".join(head)[:PEEK_BYTES])
             peek, head = None, []
         if isinstance(event, PartHead):
-            await response.write(shape.part_header(boundary, event.headers, first=parts == 0))
+            if part_header:
+                await out.write(part_header)
+            part_header = shape.part_header(boundary, event.headers, first=parts == 0)
             parts += 1
         else:
             if peek is not None and parts == 1:
                 head.append(event)
                 held += len(event)
-            await response.write(event)
+            if part_header:
+                await out.write(part_header, event)
+                part_header = b""
+            else:
+                await out.write(event)
         event = await anext(events, None)
     if peek is not None:
         peek(b"".join(head)[:PEEK_BYTES])
-    await response.write(multipart.closing_delimiter(boundary, empty=parts == 0))
-    await response.write_eof()
+    await out.write(part_header, multipart.closing_delimiter(boundary, empty=parts == 0))
 
 
 @contextmanager

@@ -108,7 +108,7 @@ class _Spool:
         self.path = Path(name)
         self._file: BinaryIO | None = os.fdopen(fd, "wb")
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         assert self._file is not None
         self._file.write(data)
 

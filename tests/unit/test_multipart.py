@@ -104,9 +104,9 @@ def check_events(events: list[Event]) -> list[Part]:
         elif isinstance(ev, PartData):
             assert in_part
             assert ev.data, "empty PartData"
-            assert isinstance(ev.data, bytes)
+            assert isinstance(ev.data, memoryview)  # a view of what was fed, no copy
             headers, data = parts[-1]
-            parts[-1] = (headers, data + ev.data)
+            parts[-1] = (headers, data + bytes(ev.data))
         elif isinstance(ev, PartEnd):
             assert in_part
             in_part = False
@@ -172,6 +172,70 @@ def test_round_trip_random_bodies(chunker: Callable[[bytes], Iterator[bytes]], s
     assert reader.done
     assert [data for _, data in got] == bodies
     assert got[3][0] == {"content-type": "application/dicom", "content-location": "/x/3"}
+
+
+@pytest.mark.parametrize("chunker", CHUNKERS)
+@pytest.mark.parametrize("seed", range(3))
+def test_parts_with_a_content_length_are_counted_not_searched(
+    chunker: Callable[[bytes], Iterator[bytes]], seed: int
+) -> None:
+    # The same nasty bodies, each declaring its length (as PACS do), some parts without one:
+    # counting gives what searching gives, for any chunking.
+    rnd = random.Random(seed)
+    bodies = nasty_bodies(rnd, B)
+    parts = [
+        ({"Content-Type": "application/dicom", "Content-Length": str(len(data))}, data)
+        if i % 3
+        else ({"Content-Type": "application/dicom"}, data)
+        for i, data in enumerate(bodies)
+    ]
+    got, reader = parse(chunker(build(parts)))
+    assert reader.done
+    assert [data for _, data in got] == bodies
+    assert got[1][0]["content-length"] == str(len(bodies[1]))
+
+
+def test_a_counted_body_is_not_searched_for_the_delimiter() -> None:
+    # What only counting can tell: a body that contains its own delimiter line, as its
+    # Content-Length says (RFC 2046 forbids it; a search would cut the part there).
+    inner = b"head\r\n--" + B.encode() + b"\r\ntail"
+    body = build([({"Content-Length": str(len(inner))}, inner)])
+    got, _ = parse(random_chunks(7)(body))
+    assert [data for _, data in got] == [inner]
+
+
+@pytest.mark.parametrize("delta", [-1, 1, 5])
+@pytest.mark.parametrize("chunker", CHUNKERS)
+def test_a_content_length_that_does_not_match_the_body_is_an_error(
+    chunker: Callable[[bytes], Iterator[bytes]], delta: int
+) -> None:
+    data = b"0123456789" * 10
+    body = build(
+        [({"Content-Length": str(len(data) + delta)}, data), ({"Content-Length": "3"}, b"abc")]
+    )
+    with pytest.raises(MultipartError, match="Content-Length does not match"):
+        parse(chunker(body))
+
+
+@pytest.mark.parametrize("value", ["", "-3", "+3", "3.0", "0x10", "\u0663", "1" * 40])
+def test_a_content_length_that_is_not_a_number_is_searched(value: str) -> None:
+    data = b"abc\r\n--not-the-boundary"
+    head = f"--{B}\r\nContent-Length: {value}\r\n\r\n".encode()  # the writer is ASCII-only
+    got, _ = parse([head + data + closing_delimiter(B, empty=False)])
+    assert [d for _, d in got] == [data]
+
+
+def test_bytearray_input_and_views_that_stay_valid() -> None:
+    # The upstream reader feeds fresh bytearrays; the views handed out must still read the
+    # same after later feeds (the reader never writes into what it was fed).
+    data = [bytes(range(256)) * 40, b"x" * 9000]
+    body = build([({"Content-Length": str(len(d))}, d) for d in data])
+    reader = MultipartReader(B)
+    events = []
+    for i in range(0, len(body), 1000):
+        events.extend(reader.feed(bytearray(body[i : i + 1000])))
+    reader.finish()
+    assert [d for _, d in check_events(events)] == data
 
 
 @pytest.mark.parametrize("chunker", CHUNKERS)
@@ -332,7 +396,7 @@ def test_feed_accepts_bytearray_and_memoryview() -> None:
     events = reader.feed(bytearray(body[:10])) + reader.feed(memoryview(body)[10:])
     reader.finish()
     assert check_events(events) == [({"a": "1"}, b"payload")]
-    assert all(type(ev.data) is bytes for ev in events if isinstance(ev, PartData))
+    assert all(type(ev.data) is memoryview for ev in events if isinstance(ev, PartData))
 
 
 def test_data_after_end_is_ignored() -> None:
