@@ -279,6 +279,42 @@ async def test_truncated_upstream_stream_is_cut_not_completed(
         await response.read()
 
 
+@pytest.mark.parametrize("delta", [-7, 7])
+async def test_a_part_whose_content_length_lies_cuts_the_stream(
+    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory, delta: int
+) -> None:
+    """Parts are read by their Content-Length: one that does not match its body (shorter or
+    longer) must cut the client's stream, never pass on a part cut short or run into the next."""
+
+    async def lying_lengths(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=XyZ'}
+        )
+        await response.prepare(request)
+        good, bad = _part10(100_000), _part10(80_000)
+        await response.write(
+            b"--XyZ\r\nContent-Type: application/dicom\r\n"
+            + f"Content-Length: {len(good)}\r\n\r\n".encode()
+            + good
+            + b"\r\n--XyZ\r\nContent-Type: application/dicom\r\n"
+            + f"Content-Length: {len(bad) + delta}\r\n\r\n".encode()
+            + bad
+            + b"\r\n--XyZ\r\nContent-Type: application/dicom\r\n\r\n"
+            + good
+            + b"\r\n--XyZ--\r\n"
+        )
+        return response
+
+    server = await aiohttp_server(_fake_pacs(lying_lengths))
+    client = await aiohttp_client(
+        create_app(_settings([{"id": "x", "url": str(server.make_url("/dicom-web"))}]))
+    )
+    response = await client.get(f"/dicom-web/studies/{UID}")
+    assert response.status == 200, await response.text()  # the first part went out
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await response.read()
+
+
 def _part10(size: int) -> bytes:
     """A real DICOM file (Explicit VR Little Endian) of about ``size`` bytes."""
     ds = Dataset()
