@@ -11,9 +11,10 @@ Orthanc reached directly, alternating, by curl (the same study retrieve as the b
     python bench/relay_floor.py --pacs-env var/orthanc/env --study UID [--pairs 7]
 
 Prints the median throughput ratio relay / direct of each mode, and the relay's CPU
-seconds per GB (its process's user + system time around the relayed transfers). A gateway must parse the
-multipart answer, relabel its parts and frame its own response, so it can only be slower
-than ``copy``; the ratio ``splice`` reaches says what a 3-process, 2-core machine allows.
+seconds per GB (its process's user + system time around the relayed transfers). A gateway
+must parse the multipart answer, relabel its parts and frame its own response, so it can
+only be slower than ``copy``; the ratio ``splice`` reaches says what a 3-process, 2-core
+machine allows.
 """
 
 from __future__ import annotations

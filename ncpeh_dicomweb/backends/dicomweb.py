@@ -35,6 +35,7 @@ from ..errors import (
     UpstreamRejected,
 )
 from .base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
+from .http_stream import stream_get
 from .instance_files import InstanceFiles
 from .relational import child_query, lower_keys, page, parent_uids, restrict_to
 
@@ -85,6 +86,9 @@ class DicomWebBackend:
             total=None, connect=site.connect_timeout, sock_read=site.read_timeout
         )
         self._files = InstanceFiles(site.id, _INSTANCE_FILES_BYTES)
+        # Retrieves over plain HTTP read their bodies straight from the socket (http_stream).
+        self._raw_streams = stream_session is not None and site.url.startswith("http://")
+        self._stream_slots = asyncio.Semaphore(site.max_connections)
         self._requests = 0  # HTTP requests made to the PACS (the cost of a FHIR search)
 
     @classmethod
@@ -183,12 +187,9 @@ class DicomWebBackend:
     async def retrieve(self, target: Target, base_url: str) -> AsyncGenerator[RetrieveEvent, None]:
         url = f"{self._root}/{target.path()}"
         rewrite = UrlRewriter(self._roots, base_url)
-        async with self._request(url, _AS_STORED, stream=True) as resp:
-            _read_in_large_buffers(resp)
+        async with self._stream(url, _AS_STORED) as (content_type, chunks):
             try:
-                boundary = multipart.boundary_from_content_type(
-                    resp.headers.get("Content-Type", "")
-                )
+                boundary = multipart.boundary_from_content_type(content_type)
             except multipart.MultipartError:
                 raise BackendError(
                     "the PACS answered a retrieve without a multipart body"
@@ -196,8 +197,7 @@ class DicomWebBackend:
             reader = multipart.MultipartReader(boundary)
             labeler = _PartLabeler()
             try:
-                # Each buffer as the socket gave it: no joins or splits, no copies.
-                async for chunk, _ in resp.content.iter_chunks():
+                async for chunk in chunks:
                     for event in _events(reader, chunk, rewrite):
                         for labeled in labeler.feed(event):
                             yield labeled
@@ -208,6 +208,42 @@ class DicomWebBackend:
                 raise BackendError(f"the PACS sent a broken multipart stream: {exc}") from None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise _map_client_error(exc) from None
+
+    @asynccontextmanager
+    async def _stream(
+        self, url: str, accept: str
+    ) -> AsyncIterator[tuple[str, AsyncIterator[bytes | bytearray]]]:
+        """A retrieve's Content-Type and body, buffer by buffer as the socket gave them.
+
+        Over plain HTTP the body is read by :mod:`.http_stream` (no copy, no parser per
+        read), one connection per retrieve within ``max_connections``; over HTTPS by aiohttp.
+        """
+        if not self._raw_streams:
+            async with self._request(url, accept, stream=True) as resp:
+                _read_in_large_buffers(resp)
+                yield resp.headers.get("Content-Type", ""), _chunks_of(resp)
+            return
+        headers = {**self._headers, "Accept": accept}
+        if self._auth is not None:
+            headers["Authorization"] = self._auth.encode()
+        self._requests += 1
+        site = self._site
+        try:
+            async with asyncio.timeout(site.connect_timeout):
+                await self._stream_slots.acquire()
+        except TimeoutError:
+            raise BackendBusy(
+                "every connection to the PACS is busy", headers={"Retry-After": "5"}
+            ) from None
+        try:
+            async with stream_get(
+                url, headers, connect_timeout=site.connect_timeout, read_timeout=site.read_timeout
+            ) as resp:
+                if resp.status >= 300:
+                    raise _map_status(resp.status, resp.headers.get("retry-after"))
+                yield resp.headers.get("content-type", ""), resp.body
+        finally:
+            self._stream_slots.release()
 
     def pacs_frames(
         self, target: Target, numbers: Sequence[int], base_url: str
@@ -223,14 +259,13 @@ class DicomWebBackend:
         url = f"{self._root}/{target.path()}/frames/{frames}"
         rewrite = UrlRewriter(self._roots, base_url)
         async with self._request(url, _FRAMES_AS_STORED, stream=True) as resp:
-            _read_in_large_buffers(resp)
             outer = resp.headers.get("Content-Type", "")
             try:
                 reader = multipart.MultipartReader(multipart.boundary_from_content_type(outer))
             except multipart.MultipartError:
                 raise BackendError("the PACS answered frames without a multipart body") from None
             try:
-                async for chunk, _ in resp.content.iter_chunks():
+                async for chunk in _chunks_of(resp):
                     for event in _events(reader, chunk, rewrite):
                         yield (
                             _labelled_frame(event, outer) if isinstance(event, PartHead) else event
@@ -299,6 +334,12 @@ class DicomWebBackend:
             raise
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _map_client_error(exc) from None
+
+
+async def _chunks_of(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """A body as the socket gave it: no joins or splits, no copies."""
+    async for chunk, _ in resp.content.iter_chunks():
+        yield chunk
 
 
 def _read_in_large_buffers(resp: aiohttp.ClientResponse) -> None:

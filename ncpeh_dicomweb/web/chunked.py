@@ -71,8 +71,11 @@ class ChunkWriter:
         if sent < total:
             for rest in _after(frame, sent):
                 transport.write(rest)
-        self._writer.output_size += total  # the access log's byte count
-        await self._writer.drain()
+        writer = self._writer
+        writer.output_size += total  # the access log's byte count
+        if writer.on_body_write is not None:  # the metrics' (as aiohttp's writer tells it)
+            writer.on_body_write(size, writer.output_size)
+        await writer.drain()
 
 
 def _after(pieces: tuple[bytes | memoryview, ...], skip: int) -> Iterator[bytes | memoryview]:

@@ -1,0 +1,204 @@
+"""backends/http_stream.py: one streamed GET, against servers on loopback that write exactly
+the bytes a test gives them (every framing, and the faults a real PACS will not show)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from ncpeh_dicomweb.backends.http_stream import parse_head, stream_get
+from ncpeh_dicomweb.errors import BackendError, BackendTimeout, BackendUnreachable
+
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Answer], Awaitable[str]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(answer: Answer) -> str:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            request = await reader.readuntil(b"\r\n\r\n")
+            handle.requests.append(request)  # type: ignore[attr-defined]
+            try:
+                await answer(reader, writer)
+            finally:
+                writer.close()
+
+        handle.requests = []  # type: ignore[attr-defined]
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        start.requests = handle.requests  # type: ignore[attr-defined]
+        port = server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/dicom-web/studies/1.2.3?x=%5E"
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+def _writes(head: bytes, body: bytes, seed: int = 0) -> Answer:
+    """An answer written in random pieces, with pauses: framing may split anywhere."""
+
+    async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        rnd = random.Random(seed)
+        data = head + body
+        pos = 0
+        while pos < len(data):
+            n = rnd.choice([1, 2, 7, 100, 5000, 70_000, 300_000])
+            writer.write(data[pos : pos + n])
+            await writer.drain()
+            pos += n
+            if rnd.random() < 0.1:
+                await asyncio.sleep(0.001)
+
+    return answer
+
+
+async def _get(url: str, *, read_timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    async with stream_get(
+        url, {"Accept": "multipart/related"}, connect_timeout=2, read_timeout=read_timeout
+    ) as resp:
+        body = bytearray()
+        async for piece in resp.body:
+            assert piece, "an empty body piece"
+            body += piece
+        return resp.status, dict(resp.headers), bytes(body)
+
+
+BODY = os.urandom(3_000_000)
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_a_body_with_a_content_length_ends_there(
+    serve: Callable[[Answer], Awaitable[str]], seed: int
+) -> None:
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(BODY)}\r\nX-A: 1\r\nx-a: 2\r\n\r\n".encode()
+    # Bytes after the body (a server's mistake) are not part of it.
+    url = await serve(_writes(head, BODY + b"garbage", seed))
+    status, headers, body = await _get(url)
+    assert (status, body) == (200, BODY)
+    assert headers["x-a"] == "1, 2" and headers["content-length"] == str(len(BODY))
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_a_chunked_body_is_decoded(
+    serve: Callable[[Answer], Awaitable[str]], seed: int
+) -> None:
+    rnd = random.Random(seed)
+    framed = bytearray()
+    pos = 0
+    while pos < len(BODY):
+        n = rnd.choice([1, 10, 4096, 65536, 1_000_000])
+        piece = BODY[pos : pos + n]
+        ext = b";name=value" if rnd.random() < 0.2 else b""
+        framed += b"%x%s\r\n%s\r\n" % (len(piece), ext, piece)
+        pos += n
+    framed += b"0\r\nTrailer-Field: x\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    url = await serve(_writes(head, bytes(framed), seed))
+    status, _, body = await _get(url)
+    assert (status, body) == (200, BODY)
+
+
+async def test_a_body_without_length_ends_with_the_connection(
+    serve: Callable[[Answer], Awaitable[str]],
+) -> None:
+    # What Orthanc does: "Connection: close", no Content-Length, no chunks.
+    url = await serve(_writes(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", BODY))
+    assert await _get(url) == (200, {"connection": "close"}, BODY)
+
+
+async def test_the_request_line_and_headers(serve: Callable[[Answer], Awaitable[str]]) -> None:
+    url = await serve(_writes(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", b""))
+    assert await _get(url) == (204, {"content-length": "0"}, b"")
+    (request,) = serve.requests  # type: ignore[attr-defined]
+    lines = request.decode().split("\r\n")
+    assert lines[0] == "GET /dicom-web/studies/1.2.3?x=%5E HTTP/1.1"  # sent as given
+    assert "Connection: close" in lines and "Accept: multipart/related" in lines
+    assert any(line.startswith("Host: 127.0.0.1:") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "message"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"x" * 50, "middle of an answer"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"10\r\nabc", "middle"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"zz\r\n", "malformed"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"3\r\nabcXY", "malformed"),
+        (b"HTTP/1.1 200 OK\r\nContent-Len", b"", "without answering"),
+        (b"SMTP ready\r\n\r\n", b"", "malformed HTTP status"),
+        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", b"", "malformed HTTP header"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20000 + b"\r\n", b"", "oversized"),
+    ],
+)
+async def test_broken_answers_are_backend_errors(
+    serve: Callable[[Answer], Awaitable[str]], head: bytes, body: bytes, message: str
+) -> None:
+    url = await serve(_writes(head, body))
+    with pytest.raises(BackendError, match=message):
+        await _get(url)
+
+
+async def test_a_silent_pacs_times_out(serve: Callable[[Answer], Awaitable[str]]) -> None:
+    async def stall(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    url = await serve(stall)
+    with pytest.raises(BackendTimeout):
+        await _get(url, read_timeout=0.2)
+
+
+async def test_nobody_listening_is_unreachable() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(BackendUnreachable):
+        await _get(f"http://127.0.0.1:{port}/x")
+
+
+async def test_leaving_early_closes_the_connection(
+    serve: Callable[[Answer], Awaitable[str]],
+) -> None:
+    closed = asyncio.Event()
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        try:
+            while True:
+                writer.write(b"x" * 65536)
+                await writer.drain()
+        except ConnectionError:
+            closed.set()
+
+    url = await serve(endless)
+    fds = len(os.listdir("/proc/self/fd"))
+    async with stream_get(url, {}, connect_timeout=2, read_timeout=2) as resp:
+        async for _ in resp.body:
+            break
+    await asyncio.wait_for(closed.wait(), 5)  # the server saw the connection go
+    assert len(os.listdir("/proc/self/fd")) <= fds + 1  # the server's side may still close
+
+
+@pytest.mark.parametrize("bad", [{"X": "a\r\nInjected: 1"}, {"X": "a\0b"}, {"X\nY": "z"}])
+async def test_a_header_with_a_line_break_is_refused(bad: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="line break"):
+        async with stream_get("http://127.0.0.1:9/x", bad, connect_timeout=1, read_timeout=1):
+            pass
+
+
+def test_only_http_urls() -> None:
+    with pytest.raises(ValueError, match="http://"):
+        asyncio.run(_get("https://127.0.0.1/x"))
+
+
+def test_parse_head() -> None:
+    assert parse_head(b"HTTP/1.0 503 Busy\r\nRetry-After: 7") == (503, {"retry-after": "7"})
