@@ -180,6 +180,7 @@ async def _send_files(
         for head, part in zip(heads, parts, strict=True):
             await response.write(head)
             await _send_file(request, part)
+            request.writer.output_size += part.size  # the access log's byte count
             if sent is not None:
                 sent(part.size)
         await response.write(tail)

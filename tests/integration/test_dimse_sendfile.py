@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
+import re
 import ssl
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable
@@ -94,6 +96,12 @@ async def _get(client: Client, path: str, accept: str = AS_STORED) -> tuple[Any,
         return response, body
 
 
+def _logged_bytes(line: str, path: str) -> str | None:
+    """The byte count of aiohttp's access-log line (``"%r" %s %b``) for a GET of ``path``."""
+    match = re.search(rf'"GET {re.escape(path)} HTTP/1.1" 200 (\d+)', line)
+    return match.group(1) if match else None
+
+
 def _parts(content_type: str, body: bytes) -> Parts:
     parts: Parts = split_multipart(content_type, body)
     return parts
@@ -104,8 +112,13 @@ def _by_location(parts: Parts) -> dict[str, tuple[dict[str, str], bytes]]:
 
 
 async def test_warm_study_is_sent_whole_and_byte_identical(
-    aiohttp_client: Callable[..., Any], pacs: Pacs, cache_dir: Path, tmp_path: Path
+    aiohttp_client: Callable[..., Any],
+    pacs: Pacs,
+    cache_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
     study = _study(pacs)
     path = f"/site/get/dicom-web/studies/{study['study_uid']}"
     client = await _gateway(aiohttp_client, pacs, cache_dir, tmp_path)
@@ -114,6 +127,9 @@ async def test_warm_study_is_sent_whole_and_byte_identical(
     warm, warm_body = await _get(client, path)
     assert warm.headers["Content-Length"] == str(len(warm_body))
     assert "Transfer-Encoding" not in warm.headers
+    # The access log counts the files sendfile sent, not only the part heads around them.
+    logged = [int(m) for r in caplog.records if (m := _logged_bytes(r.getMessage(), path))]
+    assert len(logged) == 2 and logged[1] >= len(warm_body) and logged[0] >= len(cold_body)
     # The same answer but for the boundary: headers, parts, their headers and bodies.
     strip = lambda ct: ct.rsplit("; boundary=", 1)[0]  # noqa: E731
     assert strip(warm.headers["Content-Type"]) == strip(cold.headers["Content-Type"])
