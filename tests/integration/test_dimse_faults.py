@@ -683,6 +683,27 @@ async def test_idle_association_closed_by_pacs_is_not_reused(
     assert scp.count("find") == 2 and len(scp.assocs) == 2
 
 
+async def test_an_idle_association_is_released_then_a_new_one_opens(
+    start_scp: Callable[..., Scp], aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Pooled, but not for ever: pynetdicom's idle associations poll (~8 % of a core each)."""
+
+    def answer(event: Event, scp: Scp) -> Any:
+        scp.note("find")
+        yield PENDING, _study_match(1)
+
+    scp = start_scp(
+        {evt.EVT_C_FIND: answer, evt.EVT_RELEASED: lambda event, scp: scp.note("released")}
+    )
+    client = await _gateway(aiohttp_client, scp.port, tmp_path, idle_release_seconds=0.5)
+    assert (await client.get("/dicom-web/studies")).status == 200
+    assert (await client.get("/dicom-web/studies")).status == 200  # reused at once
+    assert len(scp.assocs) == 1 and scp.count("released") == 0
+    assert await asyncio.to_thread(scp.wait_for, "released", timeout=3)  # a clean A-RELEASE
+    assert (await client.get("/dicom-web/studies")).status == 200
+    assert len(scp.assocs) == 2 and scp.count("find") == 3
+
+
 async def test_find_limit_cancels_the_rest(
     start_scp: Callable[..., Scp], aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:

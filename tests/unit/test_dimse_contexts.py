@@ -5,6 +5,7 @@ pool handing out associations by plan (pool.AssociationPool, with associations f
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -463,9 +464,16 @@ class _FakeAssoc:
         self.released.set()
 
 
-def _pool(max_associations: int = 4) -> tuple[AssociationPool, list[_FakeAssoc]]:
+def _pool(
+    max_associations: int = 4, idle_release_seconds: float = 5.0
+) -> tuple[AssociationPool, list[_FakeAssoc]]:
     site = DimseSite(
-        id="t", host="127.0.0.1", port=104, called_aet="PACS", max_associations=max_associations
+        id="t",
+        host="127.0.0.1",
+        port=104,
+        called_aet="PACS",
+        max_associations=max_associations,
+        idle_release_seconds=idle_release_seconds,
     )
     pool = AssociationPool(site)
     opened: list[_FakeAssoc] = []
@@ -526,4 +534,19 @@ async def test_open_associations_never_outnumber_the_limit() -> None:
     broad = await _lease(pool, plan_retrieve(None, pool.query_plan))
     await _lease(pool, plan_retrieve(Holdings((CT,)), pool.query_plan))
     assert broad.released.wait(2)  # the oldest idle one goes
+    await pool.close()
+
+
+async def test_an_association_idle_too_long_is_released() -> None:
+    """pynetdicom's idle associations poll (~8 % of a core each): not kept for nothing."""
+    pool, opened = _pool(idle_release_seconds=0.3)
+    first = await _lease(pool)
+    await asyncio.sleep(0.2)
+    assert await _lease(pool) is first  # reused within the time: its clock starts again
+    await asyncio.sleep(0.2)
+    assert not first.released.is_set() and pool.open_associations == 1
+    await asyncio.sleep(0.3)
+    assert first.released.wait(2) and pool.open_associations == 0
+    again = await _lease(pool)  # the next operation opens a new one
+    assert again is not first and len(opened) == 2
     await pool.close()
