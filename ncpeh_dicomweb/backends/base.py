@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from ..dicomweb.query import QidoQuery
 
 __all__ = [
     "Backend",
+    "BodySpan",
     "DicomJson",
     "FileAnswer",
     "FilePart",
@@ -99,7 +101,45 @@ class PartHead:
     """On the first part of an answer made wholly of local files (see :class:`FileAnswer`)."""
 
 
-RetrieveEvent = PartHead | bytes | memoryview
+class BodySpan(ABC):
+    """The next ``size`` bytes of the current part's body: ``prefix``, read already, then
+    ``left`` bytes still unread in the PACS's connection, which the web layer may have the
+    kernel move to the client (``into_pipe``, then ``splice``) instead of reading them into
+    Python and writing them out again.
+
+    Whoever takes it sends the prefix and reads (``read``, ``chunks``) or moves the rest;
+    bytes left when the backend is asked for the next event are read and dropped there, so
+    the stream stays whole.
+    """
+
+    __slots__ = ("left", "prefix", "size")
+
+    def __init__(self, unread: int, prefix: Sequence[bytes | memoryview] = ()) -> None:
+        self.prefix = tuple(prefix)
+        self.left = unread  # not yet read or moved
+        self.size = unread + sum(map(len, self.prefix))
+
+    def __len__(self) -> int:
+        return self.size
+
+    @abstractmethod
+    async def read(self, most: int) -> bytes:
+        """Up to ``most`` (and at most ``left``) of the bytes, as soon as some are there."""
+
+    @abstractmethod
+    async def into_pipe(self, pipe: int, most: int) -> int:
+        """Moves up to ``most`` of the bytes into the pipe (its write end, non-blocking) by
+        ``splice``, once some are there; returns how many."""
+
+    async def chunks(self) -> AsyncIterator[bytes | memoryview]:
+        """The prefix, then what is left of the span, read."""
+        for piece in self.prefix:
+            yield piece
+        while self.left:
+            yield await self.read(min(self.left, 1 << 20))
+
+
+RetrieveEvent = PartHead | bytes | memoryview | BodySpan
 
 
 class Backend(Protocol):

@@ -34,8 +34,8 @@ from ..errors import (
     NotFound,
     UpstreamRejected,
 )
-from .base import DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
-from .http_stream import stream_get
+from .base import BodySpan, DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
+from .http_stream import Body, stream_get
 from .instance_files import InstanceFiles
 from .relational import child_query, lower_keys, page, parent_uids, restrict_to
 
@@ -44,6 +44,8 @@ __all__ = ["DicomWebBackend"]
 log = logging.getLogger(__name__)
 
 _UPSTREAM_BUFFER = 4 << 20  # bytes read ahead from the PACS per response (bounded)
+_SPAN_MIN = 64 * 1024  # a part's body left at least this long is offered as a BodySpan
+_AFTER_SPAN_READ = 16 * 1024  # a part's head, its File Meta and more
 _STREAM_RECV = 1 << 20  # the most one socket read of a retrieve takes (asyncio's is 256 kB)
 # Instances kept on disk for pixel work (frames, bulk data, rendered, transcoding).
 _INSTANCE_FILES_BYTES = 1 << 30
@@ -198,9 +200,32 @@ class DicomWebBackend:
             labeler = _PartLabeler()
             try:
                 async for chunk in chunks:
-                    for event in _events(reader, chunk, rewrite):
-                        for labeled in labeler.feed(event):
-                            yield labeled
+                    out = [
+                        e for event in _events(reader, chunk, rewrite) for e in labeler.feed(event)
+                    ]
+                    # The rest of a long part's body, once labelled, stays in the socket for
+                    # the web layer to splice to the client (read if it cannot); the part's
+                    # bytes of this read go with it, in one chunk.
+                    left = reader.body_remaining
+                    span = None
+                    if left >= _SPAN_MIN and not labeler.holding and isinstance(chunks, Body):
+                        start = len(out)
+                        while start and not isinstance(out[start - 1], PartHead):
+                            start -= 1
+                        prefix = [e for e in out[start:] if isinstance(e, bytes | memoryview)]
+                        span = chunks.span(left, prefix)
+                        if span is not None:
+                            reader.skip_body(left)
+                            del out[start:]
+                    for event in out:
+                        yield event
+                    if span is not None:
+                        yield span
+                        async for _ in span.chunks():  # what its taker left: dropped
+                            pass
+                    if isinstance(chunks, Body):
+                        # After a span, only the next part's head is needed before its own.
+                        chunks.read_size = _AFTER_SPAN_READ if span else _STREAM_RECV
                 reader.finish()
                 for labeled in labeler.finish():
                     yield labeled
@@ -212,7 +237,7 @@ class DicomWebBackend:
     @asynccontextmanager
     async def _stream(
         self, url: str, accept: str
-    ) -> AsyncIterator[tuple[str, AsyncIterator[bytes | bytearray]]]:
+    ) -> AsyncIterator[tuple[str, Body | AsyncIterator[bytes]]]:
         """A retrieve's Content-Type and body, buffer by buffer as the socket gave them.
 
         Over plain HTTP the body is read by :mod:`.http_stream` (no copy, no parser per
@@ -395,6 +420,8 @@ class _PartLabeler:
             return out
         if self._head is None:
             return [event]
+        if isinstance(event, BodySpan):  # not sent while a head is held; labelled as Orthanc did
+            return [*self._release(None), event]
         self._held.append(event)
         first = self._held[0] if len(self._held) == 1 else b"".join(self._held)
         try:
@@ -407,6 +434,11 @@ class _PartLabeler:
             self._held = [first]
             return []
         return self._release(syntax or None)
+
+    @property
+    def holding(self) -> bool:
+        """A part's head is held until its first bytes say its syntax."""
+        return self._head is not None
 
     def finish(self) -> list[RetrieveEvent]:
         return self._release(None)

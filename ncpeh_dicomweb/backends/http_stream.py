@@ -3,8 +3,13 @@
 A retrieve is one GET whose answer is a long body: the status, the headers, then bytes until
 the body's length or the connection's end. aiohttp's client copies every body byte once more
 (its parser makes a new bytes object of each piece) and runs its parser, timers and stream
-reader for each socket read. Here the socket reads into fresh buffers
-(:class:`asyncio.BufferedProtocol`), handed on as they are; only the head is parsed.
+reader for each socket read. Here the socket (non-blocking, ours: no asyncio transport, so
+the loop lets us wait on it) is read 1 MB at a time into bytes handed on as they are, and
+only the head is parsed. The socket's kernel buffer is the read-ahead.
+
+A stretch of a Content-Length or close-delimited body can be taken as a :class:`BodySpan`
+(:meth:`Body.span`): its bytes then stay in the socket until the consumer reads them or has
+the kernel ``splice`` them elsewhere.
 
 Plain ``http://``, one connection per GET (``Connection: close``), what a retrieve of many
 megabytes can afford. Errors are raised as :mod:`ncpeh_dicomweb.errors` types.
@@ -13,28 +18,31 @@ megabytes can afford. Errors are raised as :mod:`ncpeh_dicomweb.errors` types.
 from __future__ import annotations
 
 import asyncio
-import collections
-from collections.abc import AsyncIterator, Mapping
+import os
+import socket
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..errors import BackendError, BackendTimeout, BackendUnreachable
+from .base import BodySpan
 
-__all__ = ["StreamedResponse", "stream_get"]
+__all__ = ["Body", "StreamedResponse", "parse_head", "stream_get"]
 
-_READ_SIZE = 1 << 20  # the most one socket read takes (asyncio's default is 256 kB)
-_READ_AHEAD = 4 << 20  # bytes read from the PACS before the reading waits for the client
+_READ_SIZE = 1 << 20  # the most one socket read takes
 _MAX_HEAD = 64 * 1024
+_MID_ANSWER = "the PACS closed the connection in the middle of an answer"
+_SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
 
 @dataclass(frozen=True, slots=True)
 class StreamedResponse:
-    """The status, the headers (lower-case names) and the body, buffer by buffer."""
+    """The status, the headers (lower-case names) and the body."""
 
     status: int
     headers: Mapping[str, str]
-    body: AsyncIterator[bytes | bytearray]
+    body: Body
 
 
 @asynccontextmanager
@@ -53,22 +61,13 @@ async def stream_get(
     if parts.query:
         target += "?" + parts.query
     request = _request(target, parts.netloc, headers)
-    loop = asyncio.get_running_loop()
+    connection = await _connect(parts.hostname, parts.port or 80, connect_timeout, read_timeout)
     try:
-        async with asyncio.timeout(connect_timeout):
-            transport, reader = await loop.create_connection(
-                lambda: _Reader(read_timeout), parts.hostname, parts.port or 80
-            )
-    except TimeoutError:
-        raise BackendUnreachable("the PACS did not accept a connection in time") from None
-    except OSError:
-        raise BackendUnreachable("the PACS cannot be reached") from None
-    try:
-        transport.write(request)
-        status, head, rest = await _read_head(reader)
-        yield StreamedResponse(status, head, _body(reader, head, rest))
+        await connection.send(request)
+        status, head, rest = await _read_head(connection)
+        yield StreamedResponse(status, head, Body(connection, head, bytes(rest)))
     finally:
-        transport.abort()  # a body not read to its end must not be waited for
+        connection.close()  # a body not read to its end is not waited for
 
 
 def _request(target: str, host: str, headers: Mapping[str, str]) -> bytes:
@@ -79,85 +78,175 @@ def _request(target: str, host: str, headers: Mapping[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-class _Reader(asyncio.Protocol):
-    """Socket reads, queued as they came for one consumer (bounded: reading pauses above
-    :data:`_READ_AHEAD` queued); ``read_timeout``: the longest silence waited for.
+async def _connect(
+    host: str, port: int, connect_timeout: float, read_timeout: float
+) -> _Connection:
+    loop = asyncio.get_running_loop()
+    sock: socket.socket | None = None
+    try:
+        async with asyncio.timeout(connect_timeout):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            for family, kind, proto, _, address in infos:
+                sock = socket.socket(family, kind, proto)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, address)
+                    break
+                except OSError:
+                    sock.close()
+                    sock = None
+    except TimeoutError:
+        if sock is not None:
+            sock.close()
+        raise BackendUnreachable("the PACS did not accept a connection in time") from None
+    except OSError:
+        raise BackendUnreachable("the PACS cannot be reached") from None
+    if sock is None:
+        raise BackendUnreachable("the PACS cannot be reached")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return _Connection(sock, read_timeout)
 
-    Each read is a new bytes object the socket wrote into directly: nothing copies or
-    zeroes the body on its way in (a ``BufferedProtocol``'s bytearray would be zeroed).
-    """
 
-    def __init__(self, read_timeout: float) -> None:
+class _Connection:
+    """A non-blocking socket and the longest silence waited for on it."""
+
+    def __init__(self, sock: socket.socket, read_timeout: float) -> None:
+        self._sock = sock
         self._read_timeout = read_timeout
-        self._queue: collections.deque[bytes] = collections.deque()
-        self._queued = 0
-        self._transport: asyncio.Transport | None = None
-        self._paused = False
-        self._eof = False
-        self._error: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        # asyncio's selector transport reads max_size bytes per call (3.11 to 3.13): four
-        # times fewer reads, wake-ups and trips through the generators than 256 kB.
-        if isinstance(getattr(transport, "max_size", None), int):
-            transport.max_size = _READ_SIZE  # type: ignore[attr-defined]
+    async def send(self, data: bytes) -> None:
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                await self._loop.sock_sendall(self._sock, data)
+        except TimeoutError:
+            raise BackendTimeout("the PACS did not take the request in time") from None
+        except OSError:
+            raise BackendError("the PACS connection broke") from None
 
-    def data_received(self, data: bytes) -> None:
-        self._queue.append(data)
-        self._queued += len(data)
-        if self._queued >= _READ_AHEAD and not self._paused and self._transport is not None:
-            self._transport.pause_reading()
-            self._paused = True
-        self._wake()
+    async def recv(self, most: int = _READ_SIZE) -> bytes:
+        """Up to ``most`` bytes once some are there; b"" at the connection's end."""
+        try:
+            return self._sock.recv(most)  # usually there already: no future, no timer
+        except BlockingIOError:
+            pass
+        except OSError:
+            raise BackendError("the PACS connection broke") from None
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                return await self._loop.sock_recv(self._sock, most)
+        except TimeoutError:
+            raise BackendTimeout("the PACS did not answer in time") from None
+        except OSError:
+            raise BackendError("the PACS connection broke") from None
 
-    def eof_received(self) -> bool:
-        self._eof = True
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = True
-        self._error = exc
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def next_block(self) -> bytes | None:
-        """The next buffer read, or None at the connection's end."""
-        while not self._queue:
-            if self._error is not None:
-                raise BackendError("the PACS connection broke") from None
-            if self._eof:
-                return None
-            self._waiter = asyncio.get_running_loop().create_future()
+    async def splice(self, pipe: int, most: int) -> int:
+        """Up to ``most`` bytes moved into ``pipe`` once some are there; 0 at the end."""
+        while True:
             try:
-                async with asyncio.timeout(self._read_timeout):
-                    await self._waiter
-            except TimeoutError:
-                raise BackendTimeout("the PACS did not answer in time") from None
-            finally:
-                self._waiter = None
-        block = self._queue.popleft()
-        self._queued -= len(block)
-        if self._paused and self._queued < _READ_AHEAD // 2 and self._transport is not None:
-            self._transport.resume_reading()
-            self._paused = False
-        return block
+                return os.splice(self._sock.fileno(), pipe, most, flags=_SPLICE)
+            except BlockingIOError:
+                await self._readable()
+            except OSError:
+                raise BackendError("the PACS connection broke") from None
+
+    async def _readable(self) -> None:
+        waiter = self._loop.create_future()
+        fd = self._sock.fileno()
+        self._loop.add_reader(fd, waiter.set_result, None)
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                await waiter
+        except TimeoutError:
+            raise BackendTimeout("the PACS did not answer in time") from None
+        finally:
+            self._loop.remove_reader(fd)
+
+    def close(self) -> None:
+        self._sock.close()
 
 
-async def _read_head(reader: _Reader) -> tuple[int, Mapping[str, str], bytearray]:
+class Body:
+    """A response's body by its framing (RFC 9112 6.3): chunked, a Content-Length, or until
+    the connection's end; iterated, it gives the bytes as the socket reads them."""
+
+    def __init__(self, connection: _Connection, headers: Mapping[str, str], first: bytes):
+        self._connection = connection
+        self._first = first  # what came with the head
+        self._chunked: AsyncIterator[bytearray] | None = None
+        self.read_size = _READ_SIZE  # the most the next read takes (a reader may lower it)
+        self.remaining = -1  # the Content-Length's bytes still to come; -1: until the end
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._chunked = _dechunked(connection, bytearray(first))
+        else:
+            length = headers.get("content-length", "").strip()
+            self.remaining = int(length) if length.isdigit() else -1
+
+    def __aiter__(self) -> Body:
+        return self
+
+    async def __anext__(self) -> bytes | bytearray:
+        if self._chunked is not None:
+            return await anext(self._chunked)
+        while True:
+            if self.remaining == 0:
+                raise StopAsyncIteration
+            if self._first:
+                block, self._first = self._first, b""
+            else:
+                block = await self._connection.recv(self.read_size)
+                if not block:
+                    if self.remaining > 0:
+                        raise BackendError(_MID_ANSWER)
+                    raise StopAsyncIteration
+            if self.remaining >= 0:
+                if len(block) > self.remaining:  # what follows the body is not ours
+                    block = block[: self.remaining]
+                self.remaining -= len(block)
+            if block:
+                return block
+
+    def span(self, size: int, prefix: Sequence[bytes | memoryview] = ()) -> BodySpan | None:
+        """``prefix`` and the next ``size`` bytes as a span, if these are all still in the
+        socket."""
+        if self._chunked is not None or self._first or 0 <= self.remaining < size:
+            return None
+        return _SocketSpan(self, size, prefix)
+
+
+class _SocketSpan(BodySpan):
+    __slots__ = ("_body",)
+
+    def __init__(self, body: Body, size: int, prefix: Sequence[bytes | memoryview]) -> None:
+        super().__init__(size, prefix)
+        self._body = body
+
+    async def read(self, most: int) -> bytes:
+        data = await self._body._connection.recv(min(most, self.left))
+        return self._took(data, len(data))
+
+    async def into_pipe(self, pipe: int, most: int) -> int:
+        moved = await self._body._connection.splice(pipe, min(most, self.left))
+        self._took(b"", moved)
+        return moved
+
+    def _took(self, data: bytes, size: int) -> bytes:
+        if not size:
+            raise BackendError(_MID_ANSWER)
+        self.left -= size
+        if self._body.remaining > 0:
+            self._body.remaining -= size
+        return data
+
+
+async def _read_head(connection: _Connection) -> tuple[int, Mapping[str, str], bytearray]:
     """The status code, the headers and what of the body came with them."""
     data = bytearray()
     while (end := data.find(b"\r\n\r\n")) < 0:
         if len(data) > _MAX_HEAD:
             raise BackendError("the PACS sent an oversized response head")
-        block = await reader.next_block()
-        if block is None:
+        block = await connection.recv()
+        if not block:
             raise BackendError("the PACS closed the connection without answering")
         data += block
     if end > _MAX_HEAD:
@@ -184,38 +273,13 @@ def parse_head(head: bytes) -> tuple[int, Mapping[str, str]]:
     return int(code), headers
 
 
-async def _body(
-    reader: _Reader, headers: Mapping[str, str], first: bytearray
-) -> AsyncIterator[bytes | bytearray]:
-    """The body by its framing (RFC 9112 6.3): chunked, a Content-Length, or until close."""
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        async for piece in _dechunked(reader, first):
-            yield piece
-        return
-    length = headers.get("content-length")
-    remaining = int(length) if length is not None and length.strip().isdigit() else -1
-    block: bytes | bytearray | None = first
-    while block is not None:
-        if remaining >= 0:
-            if len(block) >= remaining:
-                if remaining:  # what follows the body, if anything, is not ours
-                    yield block[:remaining] if len(block) > remaining else block
-                return
-            remaining -= len(block)
-        if block:
-            yield block
-        block = await reader.next_block()
-    if remaining > 0:
-        raise BackendError("the PACS closed the connection in the middle of an answer")
-
-
-async def _dechunked(reader: _Reader, buffer: bytearray) -> AsyncIterator[bytearray]:
+async def _dechunked(connection: _Connection, buffer: bytearray) -> AsyncIterator[bytearray]:
     """A chunked body's data (RFC 9112 7.1); trailers are read and dropped."""
 
     async def more() -> None:
-        block = await reader.next_block()
-        if block is None:
-            raise BackendError("the PACS closed the connection in the middle of an answer")
+        block = await connection.recv()
+        if not block:
+            raise BackendError(_MID_ANSWER)
         buffer.extend(block)
 
     async def line() -> bytes:

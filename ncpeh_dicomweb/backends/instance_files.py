@@ -16,7 +16,7 @@ from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
 from ..errors import BackendError
-from .base import PartHead, RetrieveEvent, Target
+from .base import BodySpan, PartHead, RetrieveEvent, Target
 from .cache import CachedInstance, CacheStats, InstanceCache
 
 __all__ = ["InstanceFiles"]
@@ -85,6 +85,9 @@ class InstanceFiles:
                         parts += 1
                         if parts > 1:
                             raise BackendError("the PACS sent more than one instance")
+                    elif isinstance(event, BodySpan):
+                        async for chunk in event.chunks():
+                            writer.write(chunk)
                     else:
                         writer.write(event)
             if parts != 1:

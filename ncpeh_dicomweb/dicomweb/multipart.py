@@ -300,6 +300,21 @@ class MultipartReader:
         return self._state is _State.DONE
 
     @property
+    def body_remaining(self) -> int:
+        """Bytes of the current part's declared Content-Length still to come, once every
+        byte fed is consumed; -1 when not in such a body."""
+        if self._state is not _State.BODY or self._pending:
+            return -1
+        return self._remaining
+
+    def skip_body(self, size: int) -> None:
+        """``size`` bytes of the current part's body were taken past the reader (at most
+        :attr:`body_remaining`): what is fed next follows them."""
+        if not 0 <= size <= self.body_remaining:
+            raise ValueError("skip_body: more than the part's body has left")
+        self._remaining -= size
+
+    @property
     def buffered(self) -> int:
         """Bytes held back between calls (bounded by the delimiter length in part data)."""
         return len(self._pending)

@@ -23,7 +23,7 @@ from typing import BinaryIO, Literal
 
 from aiohttp import web
 
-from ..backends.base import FileAnswer, FilePart, PartHead, RetrieveEvent
+from ..backends.base import BodySpan, FileAnswer, FilePart, PartHead, RetrieveEvent
 from ..backends.dimse.instances import file_chunks
 from ..dicomweb import multipart
 from ..errors import GatewayError, NotFound, TooManyRequests
@@ -155,7 +155,8 @@ async def _stream(
     response = shape.response(boundary)
 
     async def body() -> None:
-        await _write(ChunkWriter(request, response), shape, boundary, first, events)
+        with ChunkWriter(request, response) as out:
+            await _write(out, shape, boundary, first, events)
         await response.write_eof()
 
     return await _serve(request, response, shape.what, body)
@@ -279,6 +280,12 @@ async def _write(
                 await out.write(part_header)
             part_header = shape.part_header(boundary, event.headers, first=parts == 0)
             parts += 1
+        elif isinstance(event, BodySpan):
+            if peek is not None:  # the head of the first part: what came before, the prefix
+                peek(b"".join((*head, *event.prefix))[:PEEK_BYTES])
+                peek, head = None, []
+            await out.write_span(part_header, event)
+            part_header = b""
         else:
             if peek is not None and parts == 1:
                 head.append(event)

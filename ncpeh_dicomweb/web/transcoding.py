@@ -20,7 +20,7 @@ from contextlib import aclosing, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from ..backends.base import PartHead, RetrieveEvent
+from ..backends.base import BodySpan, PartHead, RetrieveEvent
 from ..backends.dimse.instances import file_chunks
 from ..dicomweb.transfer_syntaxes import EXPLICIT_VR_LITTLE_ENDIAN, TRANSFER_SYNTAXES
 from ..errors import NotAcceptable
@@ -87,7 +87,11 @@ async def transcoded(
                     else:
                         spool = _Spool(target)
                 elif spool is not None:
-                    spool.write(event)
+                    if isinstance(event, BodySpan):
+                        async for chunk in event.chunks():
+                            spool.write(chunk)
+                    else:
+                        spool.write(event)
                 else:
                     yield event
             if head is not None and spool is not None:

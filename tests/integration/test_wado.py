@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from io import BytesIO
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
-from ncpeh_dicomweb.backends.base import PartHead, Target
+from ncpeh_dicomweb.backends.base import BodySpan, PartHead, Target
 from ncpeh_dicomweb.backends.dicomweb import DicomWebBackend
 from ncpeh_dicomweb.config import DicomWebSite
 from tests.conftest import Gateway, Pacs
@@ -283,24 +284,34 @@ def test_key_object_documents_say_what_the_manifest_says(
 
 
 async def test_both_ways_of_reading_a_retrieve_give_the_same_parts(pacs: Pacs) -> None:
-    """Over http:// a retrieve's body is read straight from the socket (http_stream); over
-    https:// by aiohttp. Both readers, on the same studies of the real Orthanc, give the same
-    parts, headers and bytes (the https one is forced here: no TLS Orthanc to point it at)."""
+    """Over http:// a retrieve's body is read straight from the socket (http_stream), long
+    parts' bodies left there as spans; over https:// by aiohttp. Both, on the same studies of
+    the real Orthanc, give the same parts, headers and bytes (the https one is forced here: no
+    TLS Orthanc to point it at)."""
     site = DicomWebSite(id="x", url=pacs.dicomweb_root)
     raw, via_aiohttp = DicomWebBackend.create(site), DicomWebBackend.create(site)
     via_aiohttp._raw_streams = False  # what an https:// site uses
 
-    async def parts(backend: DicomWebBackend, target: Target) -> list[tuple[dict[str, str], bytes]]:
-        out: list[tuple[dict[str, str], bytes]] = []
+    spans = 0
+
+    async def parts(backend: DicomWebBackend, target: Target) -> list[tuple[dict[str, str], str]]:
+        """Each part's headers and the SHA-256 of its body (a large study is not kept)."""
+        nonlocal spans
+        out: list[tuple[dict[str, str], Any]] = []
         async for event in backend.retrieve(target, "http://gateway/dicom-web"):
             if isinstance(event, PartHead):
-                out.append((dict(event.headers), b""))
+                out.append((dict(event.headers), hashlib.sha256()))
+            elif isinstance(event, BodySpan):  # the rest of a long part, left in the socket
+                spans += 1
+                async for chunk in event.chunks():
+                    out[-1][1].update(chunk)
             else:
-                out[-1] = (out[-1][0], out[-1][1] + bytes(event))
-        return out
+                out[-1][1].update(event)
+        return [(headers, digest.hexdigest()) for headers, digest in out]
 
     try:
         studies = [s["study_uid"] for s in pacs.manifest["core"]["studies"][:3]]
+        studies.append(pacs.manifest["large"]["studies"][0]["study_uid"])  # 512 kB instances
         for study in studies:
             first, second = await parts(raw, Target(study)), await parts(via_aiohttp, Target(study))
             assert first and first == second
@@ -309,6 +320,7 @@ async def test_both_ways_of_reading_a_retrieve_give_the_same_parts(pacs: Pacs) -
                 for h, _ in first
             )
         assert raw.stats()["pacs_requests"] == via_aiohttp.stats()["pacs_requests"] == len(studies)
+        assert spans > 0  # the raw reader left long parts' bodies in the socket
     finally:
         await raw.close()
         await via_aiohttp.close()

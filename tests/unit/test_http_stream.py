@@ -202,3 +202,63 @@ def test_only_http_urls() -> None:
 
 def test_parse_head() -> None:
     assert parse_head(b"HTTP/1.0 503 Busy\r\nRetry-After: 7") == (503, {"retry-after": "7"})
+
+
+async def test_a_span_leaves_its_bytes_in_the_socket_until_taken(
+    serve: Callable[[Answer], Awaitable[str]],
+) -> None:
+    """Body.span: read into Python, or moved into a pipe by splice; what follows is the body's
+    next bytes either way, and a Content-Length body still ends where it says."""
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(BODY)}\r\n\r\n".encode()
+    url = await serve(_writes(head, BODY + b"trailing garbage", seed=5))
+    async with stream_get(url, {}, connect_timeout=2, read_timeout=5) as resp:
+        body = resp.body
+        got = bytearray()
+        body.read_size = 1000
+        async for block in body:
+            got += block
+            if len(got) >= 1000:
+                break
+        first = body.span(700_000, [b"not", b"read"])
+        assert first is not None and first.size == 700_007 and first.left == 700_000
+        pieces = [bytes(p) async for p in first.chunks()]
+        assert pieces[:2] == [b"not", b"read"] and first.left == 0
+        got += b"".join(pieces[2:])
+        second = body.span(1_000_000)
+        assert second is not None
+        pipe_r, pipe_w = os.pipe()
+        try:
+            while second.left:
+                moved = await second.into_pipe(pipe_w, 65536)
+                got += os.read(pipe_r, moved)
+        finally:
+            os.close(pipe_r)
+            os.close(pipe_w)
+        assert body.span(len(BODY)) is None  # more than the Content-Length has left
+        body.read_size = 1 << 20
+        async for block in body:
+            got += block
+    assert bytes(got) == BODY
+
+
+async def test_a_span_cut_short_by_the_pacs_is_an_error(
+    serve: Callable[[Answer], Awaitable[str]],
+) -> None:
+    url = await serve(_writes(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b"x" * 5000))
+    async with stream_get(url, {}, connect_timeout=2, read_timeout=5) as resp:
+        body = resp.body
+        async for _ in body:
+            break
+        span = body.span(100_000)
+        assert span is not None
+        with pytest.raises(BackendError, match="middle of an answer"):
+            async for _ in span.chunks():
+                pass
+
+
+async def test_no_span_of_a_chunked_body(serve: Callable[[Answer], Awaitable[str]]) -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    url = await serve(_writes(head, b"5\r\nhello\r\n0\r\n\r\n"))
+    async with stream_get(url, {}, connect_timeout=2, read_timeout=5) as resp:
+        assert resp.body.span(1) is None
+        assert [bytes(b) async for b in resp.body] == [b"hello"]

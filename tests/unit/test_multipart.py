@@ -653,3 +653,29 @@ def test_boundary_from_content_type(value: str, expected: str) -> None:
 def test_boundary_from_content_type_invalid(value: str) -> None:
     with pytest.raises(MultipartError):
         boundary_from_content_type(value)
+
+
+def test_a_counted_body_can_be_taken_past_the_reader() -> None:
+    # What a retrieve does to splice a long part: the body's rest is taken elsewhere, then
+    # the reader goes on from the delimiter that follows it.
+    data = bytes(range(256)) * 100
+    body = build([({"Content-Length": str(len(data))}, data), ({}, b"next")])
+    head_end = body.index(b"\r\n\r\n") + 4
+    reader = MultipartReader(B)
+    events = reader.feed(body[: head_end + 1000])
+    assert reader.body_remaining == len(data) - 1000
+    with pytest.raises(ValueError, match="more than"):
+        reader.skip_body(len(data))
+    reader.skip_body(len(data) - 1000)  # those bytes went past the reader
+    assert reader.body_remaining == 0
+    events += reader.feed(body[head_end + len(data) :])
+    reader.finish()
+    parts = check_events(events)
+    assert [d for _, d in parts] == [data[:1000], b"next"]
+
+
+def test_body_remaining_outside_a_counted_body() -> None:
+    reader = MultipartReader(B)
+    assert reader.body_remaining == -1  # the preamble
+    reader.feed(f"--{B}\r\nContent-Type: x\r\n\r\nabc".encode())
+    assert reader.body_remaining == -1  # a body without a length
