@@ -33,7 +33,7 @@ __all__ = ["Body", "StreamedResponse", "parse_head", "stream_get"]
 _READ_SIZE = 1 << 20  # the most one socket read takes
 _MAX_HEAD = 64 * 1024
 _MID_ANSWER = "the PACS closed the connection in the middle of an answer"
-_SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_SPLICE = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)  # Linux
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,8 @@ __all__ = ["ChunkWriter"]
 
 _CRLF = b"\r\n"
 _PIPE_SIZE = 1 << 20  # Linux's default most for an unprivileged process
-_SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_CAN_SPLICE = hasattr(os, "splice")  # Linux: elsewhere spans are read
+_SPLICE = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 Piece = bytes | memoryview
 
@@ -110,7 +111,7 @@ class ChunkWriter:
     async def write_span(self, head: Piece, span: BodySpan) -> None:
         """One chunk: ``head`` (a part's header, or nothing), then the span's bytes."""
         transport = self._transport
-        if transport is None or not self._started:
+        if transport is None or not self._started or not _CAN_SPLICE:
             if head:
                 await self.write(head)
             async for piece in span.chunks():
