@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 _UPSTREAM_BUFFER = 4 << 20  # bytes read ahead from the PACS per response (bounded)
 _SPAN_MIN = 64 * 1024  # a part's body left at least this long is offered as a BodySpan
-_AFTER_SPAN_READ = 16 * 1024  # a part's head, its File Meta and more
+_AFTER_SPAN_READ = 4096  # a part's head and its File Meta, what labelling needs
 _STREAM_RECV = 1 << 20  # the most one socket read of a retrieve takes (asyncio's is 256 kB)
 # Instances kept on disk for pixel work (frames, bulk data, rendered, transcoding).
 _INSTANCE_FILES_BYTES = 1 << 30

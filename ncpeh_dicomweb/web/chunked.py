@@ -123,21 +123,30 @@ class ChunkWriter:
         self._send(transport, (size_line, head, *span.prefix))
         pipe_r, pipe_w = self._pipe or self._open_pipe()
         while span.left:
-            if transport.get_write_buffer_size():  # bytes queued: queue behind them
-                transport.write(await span.read(min(span.left, self._pipe_size)))
-            else:
-                moved = await span.into_pipe(pipe_w, min(span.left, self._pipe_size))
-                self._check_open(transport)  # its socket may be gone while we waited
-                while moved:
-                    try:
-                        moved -= os.splice(pipe_r, self._fd, moved, flags=_SPLICE)
-                    except BlockingIOError:  # the client's socket is full: queue the rest
-                        transport.write(_read_exactly(pipe_r, moved))
-                        moved = 0
-            await self._writer.drain()
+            await self._drained(transport)  # nothing queued: what is spliced keeps its place
+            moved = await span.into_pipe(pipe_w, min(span.left, self._pipe_size))
+            self._check_open(transport)  # its socket may be gone while we waited
+            while moved:
+                try:
+                    moved -= os.splice(pipe_r, self._fd, moved, flags=_SPLICE)
+                except BlockingIOError:  # the client's socket is full: queue the rest
+                    transport.write(_read_exactly(pipe_r, moved))
+                    moved = 0
         self._pending = _CRLF  # one writev fewer a part: it goes with the next chunk
         self._count(size, size + len(size_line) + len(_CRLF))
         await self._writer.drain()
+
+    async def _drained(self, transport: asyncio.Transport) -> None:
+        """Until the transport has sent all it holds (not only down to its high-water mark,
+        where aiohttp's ``drain`` stops waiting)."""
+        if transport.get_write_buffer_size():
+            low, high = transport.get_write_buffer_limits()
+            transport.set_write_buffer_limits(high=0)  # paused until empty
+            try:
+                await self._writer.drain()
+            finally:
+                if not transport.is_closing():
+                    transport.set_write_buffer_limits(high=high, low=low)
 
     def _check_open(self, transport: asyncio.Transport) -> None:
         # Checked right before each write to its descriptor: once closed, the number may be
