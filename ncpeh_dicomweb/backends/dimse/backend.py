@@ -54,6 +54,7 @@ from .contexts import GET_MODEL, MOVE_MODEL, ContextPlan, Holdings, plan_retriev
 from .flight import WINDOW, Flight
 from .identifiers import FindPlan, answer_to_json, find_identifier
 from .instances import file_chunks, metadata_of, stored_syntax, study_and_series, with_bulk_uris
+from .native import NativeAssociation
 from .operations import (
     Canceller,
     FindOutcome,
@@ -66,6 +67,7 @@ from .operations import (
 )
 from .pool import AssociationPool
 from .received import dataset_uids
+from .receiving import CacheStore
 from .split import Split, by_series, splits
 from .status import CANCEL, SUCCESS, error_for_status
 from .storescp import StorageSCP
@@ -342,9 +344,14 @@ class DimseBackend:
 
     async def _fly(self, key: tuple[str, ...], target: Target, flight: Flight) -> None:
         loop = asyncio.get_running_loop()
-        sink = _make_sink(
-            self._cache, loop, flight, self.counters, target, self._site.dimse_timeout / 2
-        )
+        room_timeout = self._site.dimse_timeout / 2
+        sink: Sink
+        if self._scp is None and self._site.native_c_get:
+            sink = CacheStore(
+                self._cache, flight, self._received, target, room_timeout, self._site.called_aet
+            )
+        else:
+            sink = _make_sink(self._cache, loop, flight, self.counters, target, room_timeout)
         error: GatewayError | None = None
         try:
             # No asyncio timeout here: the DIMSE thread keeps the deadline itself and cancels
@@ -391,9 +398,10 @@ class DimseBackend:
             return error
         return error if found else NotFound("no such study, series or instance")
 
-    async def _run_retrieve(
-        self, target: Target, sink: Callable[[Any], int], flight: Flight
-    ) -> RetrieveOutcome:
+    def _received(self) -> None:
+        self.counters.instances_received += 1
+
+    async def _run_retrieve(self, target: Target, sink: Sink, flight: Flight) -> RetrieveOutcome:
         """The target's C-GET / C-MOVE: of a study, one per series, several at once."""
         deadline = time.monotonic() + self._site.operation_timeout
         plan, parts = await self._retrieve_plan(target)
@@ -432,10 +440,28 @@ class DimseBackend:
 
     @asynccontextmanager
     async def _lease_for(
-        self, sink: Callable[[Any], int], plan: ContextPlan, wait: float | None = None
-    ) -> AsyncIterator[Association]:
-        """An association to retrieve on: a C-GET's gets the C-STOREs, a C-MOVE's the query
-        plan (the instances come on the PACS's own associations to the storage SCP)."""
+        self, sink: Sink, plan: ContextPlan, wait: float | None = None
+    ) -> AsyncIterator[Association | NativeAssociation]:
+        """An association to retrieve on: a C-GET's gets the C-STOREs (a native one of its
+        own, or one from the pool), a C-MOVE's the query plan (the instances come on the
+        PACS's own associations to the storage SCP)."""
+        if isinstance(sink, CacheStore):
+            site = self._site
+            async with self._pool.slot(wait):
+                native = await NativeAssociation.open(
+                    site.host,
+                    site.port,
+                    site.calling_aet,
+                    site.called_aet,
+                    plan,
+                    site.connect_timeout,
+                    site.connect_timeout * 2,
+                )
+                try:
+                    yield native
+                finally:
+                    await native.release()
+            return
         if self._scp is None:
             lease = self._pool.lease(sink=sink, plan=plan, wait=wait)
         else:
@@ -446,10 +472,10 @@ class DimseBackend:
     async def _sub_retrieves(
         self,
         split: Split,
-        sink: Callable[[Any], int],
+        sink: Sink,
         plan: ContextPlan,
         deadline: float,
-        assoc: Association | None,
+        assoc: Association | NativeAssociation | None,
     ) -> None:
         """Retrieve parts of ``split`` one after the other on ``assoc`` (the first part at
         once); or (None), once the first part is under way, on an association of their own
@@ -472,7 +498,8 @@ class DimseBackend:
                 except BackendBusy:
                     return  # no association free now: the others take its parts
                 await self._sub_retrieves(split, sink, plan, deadline, own)
-                await self._pool.run(_let_go, own)
+                if isinstance(own, Association):  # a native one is released as it is left
+                    await self._pool.run(_let_go, own)
         except GatewayError as exc:
             split.fail(exc)
         except Exception:  # a task of its own: logged here, or never
@@ -481,16 +508,23 @@ class DimseBackend:
 
     async def _sub_retrieve(
         self,
-        assoc: Association,
+        assoc: Association | NativeAssociation,
         part: Target,
         split: Split,
-        sink: Callable[[Any], int],
+        sink: Sink,
         deadline: float,
     ) -> RetrieveOutcome:
         """One C-GET / C-MOVE; C-CANCELled when the flight is, or when another part failed."""
         message_id = self._message_id()
         identifier = _retrieve_identifier(part)
         timeout = self._site.dimse_timeout
+        if isinstance(assoc, NativeAssociation):
+            assert isinstance(sink, CacheStore)
+            with split.cancelling(_NativeCancel(assoc, message_id)):
+                return await assoc.c_get(
+                    identifier, message_id, sink, split.stop, deadline, timeout
+                )
+        assert not isinstance(sink, CacheStore)
         if self._scp is None:
             canceller = Canceller(assoc, message_id, GET_MODEL)
             with split.cancelling(canceller):
@@ -546,6 +580,10 @@ class DimseBackend:
                     self._message_id(),
                     self._site.search_timeout,
                 )
+                if self._scp is None and self._site.native_c_get:
+                    # The retrieve runs on an association of its own: this one, idle in the
+                    # pool meanwhile, would take ~15 % of a core polling (see _let_go).
+                    await self._pool.run(_let_go, assoc)
         except GatewayError as exc:
             if not leased:
                 raise
@@ -707,6 +745,21 @@ def _retrieve_identifier(target: Target) -> Dataset:
     if target.instance:
         identifier.SOPInstanceUID = target.instance
     return identifier
+
+
+Sink = Callable[[Any], int] | CacheStore
+"""Where a retrieve's C-STOREs go: a pynetdicom handler, or the native C-GET's receiver."""
+
+
+@dataclass(frozen=True, slots=True)
+class _NativeCancel:
+    """C-CANCEL a native C-GET (on the event loop: its writes never block)."""
+
+    assoc: NativeAssociation
+    message_id: int
+
+    def soon(self) -> None:
+        self.assoc.cancel(self.message_id)
 
 
 def _make_sink(

@@ -42,6 +42,7 @@ class Flight:
         self._room = threading.Condition()
         self._arrived = 0
         self._read = 0
+        self._read_moved = asyncio.Event()  # for :meth:`room`, on the event loop
 
     def on_cancel(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (the C-CANCEL) as soon as the flight is cancelled."""
@@ -80,6 +81,23 @@ class Flight:
                     return  # the PACS must get its answer before its own timeout
                 self._room.wait(min(remaining, 0.5))
 
+    async def room(self, size: int, max_wait: float) -> None:
+        """(event loop) :meth:`wait_for_room` for a receiver running on the loop."""
+        with self._room:
+            self._arrived += size
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait
+        while self._arrived - self._read > WINDOW and not self.cancel.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return  # the PACS must get its answer before its own timeout
+            self._read_moved.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._read_moved.wait()
+            except TimeoutError:
+                return
+
     def finish(self, error: GatewayError | None = None) -> None:
         self.done = True
         self.error = error
@@ -100,6 +118,7 @@ class Flight:
             if read > self._read:
                 self._read = read
                 self._room.notify_all()
+        self._read_moved.set()
 
     # ------------------------------------------------------------ consumer side
 

@@ -102,15 +102,7 @@ class AssociationPool:
         The association goes back to the pool only if the operation ended cleanly.
         """
         wanted = plan or self.query_plan
-        try:
-            wait = _LEASE_WAIT if wait is None else wait
-            if wait <= 0 and self._slots.locked():
-                raise TimeoutError
-            await asyncio.wait_for(self._slots.acquire(), wait if wait > 0 else None)
-        except TimeoutError:
-            raise BackendBusy(
-                "all associations with the PACS are in use", headers={"Retry-After": "5"}
-            ) from None
+        await self._acquire(wait)
         assoc: Association | None = None
         has = wanted
         clean = False
@@ -143,6 +135,35 @@ class AssociationPool:
                 else:
                     # Cancellation may land here: don't await, but do not leave it open either.
                     self.abort_soon(assoc)
+            with self._lock:
+                self._leased -= 1
+            self._slots.release()
+
+    async def _acquire(self, wait: float | None) -> None:
+        try:
+            wait = _LEASE_WAIT if wait is None else wait
+            if wait <= 0 and self._slots.locked():
+                raise TimeoutError
+            await asyncio.wait_for(self._slots.acquire(), wait if wait > 0 else None)
+        except TimeoutError:
+            raise BackendBusy(
+                "all associations with the PACS are in use", headers={"Retry-After": "5"}
+            ) from None
+
+    @asynccontextmanager
+    async def slot(self, wait: float | None = None) -> AsyncIterator[None]:
+        """Room for one association opened outside pynetdicom (a native C-GET's), counted
+        with the pool's within ``max_associations``: idle ones go to make room."""
+        await self._acquire(wait)
+        with self._lock:
+            self._leased += 1
+            dropped = []
+            while self._idle and self._leased + len(self._idle) > self._site.max_associations:
+                dropped.append(self._idle.pop(0)[0])
+        _release_in_background(dropped)
+        try:
+            yield
+        finally:
             with self._lock:
                 self._leased -= 1
             self._slots.release()

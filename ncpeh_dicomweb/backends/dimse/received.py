@@ -54,6 +54,8 @@ def dataset_uids(data: bytes | memoryview, syntax: str) -> tuple[str, str] | Non
                 pos = _skip_sequence(data, pos, explicit)
                 continue
             if tag in (_STUDY, _SERIES):
+                if pos + length > end:  # cut short: the first bytes of a data set
+                    return None
                 found[tag] = bytes(data[pos : pos + length]).rstrip(b"\0 ").decode("ascii")
             pos += length
     except (struct.error, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError

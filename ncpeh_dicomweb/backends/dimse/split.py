@@ -13,13 +13,20 @@ import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
 from ...errors import BackendError, GatewayError
 from ..base import Target
-from .operations import Canceller, RetrieveOutcome
+from .operations import RetrieveOutcome
 from .status import CANCEL, SUCCESS
 
 __all__ = ["Split", "by_series", "splits"]
+
+
+class Cancels(Protocol):
+    def soon(self) -> None:
+        """C-CANCEL the operation without blocking the caller (the event loop)."""
+        ...
 
 
 def splits(parallelism: int, max_associations: int, cache_max_bytes: int, window: int) -> int:
@@ -45,7 +52,7 @@ class Split:
         self.ready = asyncio.Event()
         self._pending = deque(parts)
         self._cancel = cancel
-        self._running: list[Canceller] = []
+        self._running: list[Cancels] = []
         self._outcomes: list[RetrieveOutcome] = []
         self._error: GatewayError | None = None
 
@@ -57,7 +64,7 @@ class Split:
         return None if self.stop.is_set() or not self._pending else self._pending.popleft()
 
     @contextmanager
-    def cancelling(self, canceller: Canceller) -> Iterator[None]:
+    def cancelling(self, canceller: Cancels) -> Iterator[None]:
         """While a part runs, :meth:`halt` C-CANCELs it."""
         self._running.append(canceller)
         try:

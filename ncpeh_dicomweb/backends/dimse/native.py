@@ -1,0 +1,414 @@
+"""A C-GET on an association of our own, on the event loop (PS3.4 C.4.3, PS3.7 9.1.3).
+
+pynetdicom reads each PDU with several 4 KB ``recv`` calls, queues it between two threads and
+decodes it into objects: about 0.2 ms of Python per 16 KB PDU, so one association tops out
+near 60-100 MB/s and the gateway's other threads wait for the GIL meanwhile. Here a retrieve's
+association is a stream on the event loop: each PDU is one ``readexactly``, each fragment of a
+data set goes straight into the instance's cache file, and nothing else is decoded but the
+command sets. Searches, C-MOVE and the storage SCP stay with pynetdicom.
+
+The C-STOREs are answered one by one once their instance is in the cache and the clients are
+close enough behind (:meth:`StoreReceiver.room`): the PACS sends the next only then, so a
+slow client slows the PACS. A PDU longer than we said we take is a protocol error (PS3.8
+9.3.1), so memory stays bounded by ``MAX_PDU``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import time
+from typing import Protocol
+
+from pydicom import Dataset
+from pynetdicom.dsutils import encode
+
+from ...errors import BackendError, BackendTimeout, BackendUnreachable, GatewayError
+from .contexts import GET_MODEL, ContextPlan
+from .operations import RetrieveOutcome
+from .status import CANCEL, PENDING, error_for_status, is_failure
+from .wire import (
+    A_ABORT,
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
+    A_RELEASE_RP,
+    A_RELEASE_RQ,
+    C_CANCEL_RQ,
+    C_GET_RQ,
+    C_GET_RSP,
+    C_STORE_RQ,
+    C_STORE_RSP,
+    NO_DATA_SET,
+    P_DATA_TF,
+    Accepted,
+    Command,
+    WireError,
+    abort,
+    associate_rq,
+    command_pdvs,
+    data_pdvs,
+    decode_command,
+    encode_command,
+    parse_associate_ac,
+    parse_associate_rj,
+    pdu_header,
+    pdvs,
+    release_rp,
+    release_rq,
+)
+
+__all__ = ["MAX_PDU", "NativeAssociation", "Receiving", "StoreReceiver"]
+
+log = logging.getLogger(__name__)
+
+MAX_PDU = 1 << 20
+"""The longest PDU we take (our A-ASSOCIATE-RQ says so): a PDU is read whole."""
+
+_ILE = "1.2.840.10008.1.2"
+_REFUSED = 0xA700  # Out of Resources: nobody wants it any more
+_CANNOT_UNDERSTAND = 0xC000
+
+
+class Receiving(Protocol):
+    """One instance being received."""
+
+    def write(self, fragment: memoryview) -> None: ...
+
+    def finish(self) -> int:
+        """It is whole: keep it; the status to answer the C-STORE with."""
+        ...
+
+    def abort(self) -> None:
+        """It will never be whole: drop what was written."""
+        ...
+
+
+class StoreReceiver(Protocol):
+    """Where the C-STOREs of a C-GET go."""
+
+    def begin(self, sop_class: str, sop: str, syntax: str) -> Receiving | int:
+        """An instance starts: where to write it, or the status refusing it."""
+        ...
+
+    async def room(self) -> None:
+        """Wait (bounded) until the PACS may send more."""
+        ...
+
+
+class NativeAssociation:
+    """One association with the PACS for C-GETs, opened by :meth:`open`; not thread-safe:
+    used from the event loop only."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        accepted: Accepted,
+    ) -> None:
+        self._reader, self._writer, self._accepted = reader, writer, accepted
+        self.is_established = True
+        self._cancel_for: int | None = None  # message id a C-CANCEL is due for
+
+    # ------------------------------------------------------------------ open / close
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        calling: str,
+        called: str,
+        plan: ContextPlan,
+        connect_timeout: float,
+        acse_timeout: float,
+    ) -> NativeAssociation:
+        """Connect and negotiate ``plan``'s contexts, the SCP role for its classes."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, limit=2 * MAX_PDU), connect_timeout
+            )
+        except (OSError, TimeoutError):
+            raise BackendUnreachable("the PACS cannot be reached") from None
+        sock = writer.get_extra_info("socket")
+        if sock is not None:  # every DIMSE exchange stalls ~40 ms without it
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        contexts = [(uid, list(syntaxes)) for uid, syntaxes in plan.contexts]
+        try:
+            writer.write(associate_rq(calling, called, contexts, plan.roles, MAX_PDU))
+            async with asyncio.timeout(acse_timeout):
+                kind, body = await _read_pdu(reader)
+            if kind == A_ASSOCIATE_AC:
+                return cls(reader, writer, parse_associate_ac(body, contexts))
+            if kind == A_ASSOCIATE_RJ:
+                result, source, reason = parse_associate_rj(body)
+                log.info(
+                    "association rejected: result %d source %d reason %d", *(result, source, reason)
+                )
+                raise BackendUnreachable("the PACS rejected the gateway's association")
+            raise BackendUnreachable(f"the PACS answered the association request with 0x{kind:02X}")
+        except TimeoutError:
+            writer.close()
+            raise BackendTimeout(
+                "the PACS did not answer the association request in time"
+            ) from None
+        except (OSError, asyncio.IncompleteReadError, WireError):
+            writer.close()
+            raise BackendUnreachable("the PACS broke off the association request") from None
+        except BaseException:
+            writer.close()
+            raise
+
+    async def release(self, max_wait: float = 5.0) -> None:
+        """A-RELEASE (PS3.8 7.2); an abort if the PACS does not answer it."""
+        if not self.is_established:
+            return
+        self.is_established = False
+        try:
+            self._writer.write(release_rq())
+            async with asyncio.timeout(max_wait):
+                while (await _read_pdu(self._reader))[0] not in (A_RELEASE_RP, A_ABORT):
+                    pass  # late P-DATA of a cancelled operation
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, WireError):
+            self._send(abort())
+        finally:
+            await self._close()
+
+    async def abort(self) -> None:
+        self.is_established = False
+        self._send(abort())
+        await self._close()
+
+    async def _close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+    def _send(self, data: bytes) -> None:
+        with contextlib.suppress(OSError, RuntimeError):  # closed already: nothing to tell
+            self._writer.write(data)
+
+    # ------------------------------------------------------------------ C-GET
+
+    def cancel(self, message_id: int) -> None:
+        """C-CANCEL the C-GET ``message_id`` (PS3.7 9.3.2.3), once."""
+        if self._cancel_for == message_id or not self.is_established:
+            return
+        self._cancel_for = message_id
+        command = encode_command({0x0100: C_CANCEL_RQ, 0x0120: message_id, 0x0800: NO_DATA_SET})
+        context = self._context_of(GET_MODEL)
+        for pdu in command_pdvs(context, command, self._accepted.max_pdu):
+            self._send(pdu)
+
+    def _context_of(self, abstract: str) -> int:
+        for context, (uid, _) in self._accepted.contexts.items():
+            if uid == abstract:
+                return context
+        raise BackendError("the PACS did not accept the C-GET model")
+
+    async def c_get(
+        self,
+        identifier: Dataset,
+        message_id: int,
+        receiver: StoreReceiver,
+        stop: threading.Event,
+        deadline: float,
+        max_wait: float,
+    ) -> RetrieveOutcome:
+        """C-GET; each C-STORE it brings goes to ``receiver``. ``stop`` (set from anywhere)
+        C-CANCELs it at the next message; ``deadline`` (monotonic) bounds the whole, ``max_wait``
+        each wait for the PACS. Statuses map as pynetdicom's path does (:mod:`.status`)."""
+        context = self._context_of(GET_MODEL)
+        syntax = self._accepted.contexts[context][1]
+        data = encode(identifier, syntax == _ILE, True)
+        if data is None:
+            raise BackendError("the C-GET identifier could not be encoded")
+        command = encode_command(
+            {0x0002: GET_MODEL, 0x0100: C_GET_RQ, 0x0110: message_id, 0x0700: 0, 0x0800: 0}
+        )
+        self._cancel_for = None
+        for pdu in command_pdvs(context, command, self._accepted.max_pdu):
+            self._writer.write(pdu)
+        for pdu in data_pdvs(context, data, self._accepted.max_pdu):
+            self._writer.write(pdu)
+        run = _GetRun(self, message_id, receiver, stop, deadline)
+        try:
+            final = await run.responses(max_wait)
+        except GatewayError:
+            await self.abort()
+            raise
+        except (OSError, asyncio.IncompleteReadError, WireError) as exc:
+            log.info("C-GET association broken: %r", exc)
+            await self.abort()
+            raise BackendError("the PACS broke off the C-GET") from None
+        except TimeoutError:
+            await self.abort()
+            if stop.is_set():
+                return RetrieveOutcome(CANCEL, 0, 0, 0)
+            raise BackendTimeout("the PACS did not answer the C-GET in time") from None
+        except BaseException:  # cancelled: the association cannot be trusted mid-message
+            await asyncio.shield(self.abort())
+            raise
+        finally:
+            run.drop_partial()
+        if run.late:
+            raise BackendTimeout("the PACS did not finish the C-GET in time")
+        code = final.number(0x0900)
+        outcome = RetrieveOutcome(
+            status=code,
+            completed=final.number(0x1021),
+            failed=final.number(0x1022),
+            warning=final.number(0x1023),
+        )
+        if is_failure(code) and outcome.completed == 0:
+            raise error_for_status(code, "C-GET")
+        return outcome
+
+
+class _GetRun:
+    """The messages of one C-GET as they come: C-STOREs to write, C-GET responses to count."""
+
+    def __init__(
+        self,
+        assoc: NativeAssociation,
+        message_id: int,
+        receiver: StoreReceiver,
+        stop: threading.Event,
+        deadline: float,
+    ) -> None:
+        self._assoc, self._id, self._receiver = assoc, message_id, receiver
+        self._stop, self._deadline = stop, deadline
+        self.late = False
+        self._command = bytearray()
+        self._current: Receiving | None = None  # the instance being written
+        self._store: tuple[int, str, str, int] | None = None  # (context, class, sop, msg id)
+        self._refusal = 0  # status for the C-STORE whose data set is being dropped
+        self._final: Command | None = None
+        self._response_data = False  # a C-GET response's data set (failed UIDs) follows
+
+    def drop_partial(self) -> None:
+        if self._current is not None:
+            self._current.abort()
+            self._current = None
+
+    async def responses(self, max_wait: float) -> Command:
+        reader = self._assoc._reader
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout_at(loop.time() + max_wait) as watch:
+            moved = loop.time()
+            while True:
+                # max_wait is for the PACS: pushed on after each PDU handled (that may have
+                # waited for the clients), now and then rather than every time.
+                now = loop.time()
+                if now - moved > 0.5:
+                    watch.reschedule(now + max_wait)
+                    moved = now
+                kind, body = await _read_pdu(reader)
+                if kind == P_DATA_TF:
+                    for context, control, fragment in pdvs(body):
+                        if control & 0x01:
+                            done = self._command_fragment(context, control, fragment)
+                        else:
+                            done = await self._data_fragment(control, fragment)
+                        if done:
+                            return done
+                        if self._stop.is_set():
+                            self._assoc.cancel(self._id)
+                elif kind == A_RELEASE_RQ:
+                    self._assoc._send(release_rp())
+                    raise BackendError("the PACS released the association in the middle of a C-GET")
+                elif kind == A_ABORT:
+                    raise BackendError("the PACS aborted the C-GET")
+                else:
+                    raise WireError(f"unexpected PDU 0x{kind:02X} during a C-GET")
+
+    def _command_fragment(self, context: int, control: int, fragment: memoryview) -> Command | None:
+        self._command += fragment
+        if not control & 0x02:
+            return None
+        command = decode_command(self._command)
+        self._command.clear()
+        if command.field == C_STORE_RQ:
+            self._begin_store(context, command)
+            return None
+        if command.field != C_GET_RSP or command.number(0x0120) != self._id:
+            raise WireError(f"unexpected DIMSE command 0x{command.field:04X} during a C-GET")
+        code = command.number(0x0900)
+        if code in PENDING:
+            self.late = self.late or time.monotonic() > self._deadline
+            if self.late:
+                self._assoc.cancel(self._id)
+            self._response_data = command.has_data_set
+            return None
+        self._final = command
+        self._response_data = command.has_data_set
+        return None if self._response_data else command
+
+    def _begin_store(self, context: int, command: Command) -> None:
+        accepted = self._assoc._accepted.contexts.get(context)
+        sop_class, sop = command.text(0x0002), command.text(0x1000)
+        store_id = command.number(0x0110)
+        self._store = (context, sop_class, sop, store_id)
+        if accepted is None or not sop or not command.has_data_set:
+            self._refusal = _CANNOT_UNDERSTAND
+            if not command.has_data_set:
+                self._answer_store(_CANNOT_UNDERSTAND)
+            return
+        if self._stop.is_set():
+            self._refusal = _REFUSED
+            return
+        started = self._receiver.begin(sop_class, sop, accepted[1])
+        if isinstance(started, int):
+            self._refusal = started
+        else:
+            self._current, self._refusal = started, 0
+
+    async def _data_fragment(self, control: int, fragment: memoryview) -> Command | None:
+        if self._store is None:  # a C-GET response's data set: the failed SOP instances
+            if not self._response_data:
+                raise WireError("a data set with no command before it")
+            if control & 0x02:
+                self._response_data = False
+                return self._final
+            return None
+        current = self._current
+        if current is not None:
+            current.write(fragment)
+        if not control & 0x02:
+            return None
+        self._current = None
+        status = self._refusal
+        if current is not None:
+            status = current.finish()
+            if status == 0:
+                await self._receiver.room()
+        self._answer_store(status)
+        return None
+
+    def _answer_store(self, status: int) -> None:
+        assert self._store is not None
+        context, sop_class, sop, store_id = self._store
+        self._store = None
+        values: dict[int, int | str] = {
+            0x0100: C_STORE_RSP,
+            0x0120: store_id,
+            0x0800: NO_DATA_SET,
+            0x0900: status,
+        }
+        if sop_class:
+            values[0x0002] = sop_class
+        if sop:
+            values[0x1000] = sop
+        for pdu in command_pdvs(context, encode_command(values), self._assoc._accepted.max_pdu):
+            self._assoc._send(pdu)
+
+
+async def _read_pdu(reader: asyncio.StreamReader) -> tuple[int, memoryview]:
+    """(type, body) of the next PDU; one longer than :data:`MAX_PDU` is an error."""
+    head = await reader.readexactly(6)
+    kind, length = pdu_header(head)
+    if length > MAX_PDU + 6 or kind not in range(1, 8):
+        raise WireError(f"PDU 0x{kind:02X} of {length} bytes: not one we take")
+    return kind, memoryview(await reader.readexactly(length))
