@@ -157,9 +157,10 @@ class DimseSite:
     # C-GETs / C-MOVEs a study retrieve is split into, one per series, at once (at most
     # max_associations; none if cache_max_bytes is under 32 MB each); 1: one for the study.
     retrieve_parallelism: int = 1
-    # C-GETs on the gateway's own association code (backends/dimse/native.py, several times
-    # faster); false: on pynetdicom's, as searches and C-MOVE always are.
-    native_c_get: bool = True
+    # Retrieves on the gateway's own association code, several times faster: the C-GET
+    # (backends/dimse/native.py) or the C-MOVE destination, the storage SCP (native_scp.py);
+    # false: on pynetdicom's, as searches and C-MOVE requests always are.
+    native_dimse: bool = True
     # A pooled association idle this long is released (pynetdicom's idle ones cost CPU).
     idle_release_seconds: float = 5.0
     connect_timeout: float = 5.0
@@ -997,7 +998,7 @@ _DIMSE_KEYS = {
     "store_port",
     "max_associations",
     "retrieve_parallelism",
-    "native_c_get",
+    "native_dimse",
     "idle_release_seconds",
     "connect_timeout",
     "dimse_timeout",
@@ -1036,7 +1037,7 @@ def _dimse_site(raw: Mapping[str, Any], site_id: str, where: str) -> DimseSite:
         store_port=_int(raw, "store_port", where, 11113, 0, 65535),
         max_associations=_int(raw, "max_associations", where, 4, 1, 64),
         retrieve_parallelism=_int(raw, "retrieve_parallelism", where, 1, 1, 64),
-        native_c_get=_bool(raw, "native_c_get", where, True),
+        native_dimse=_bool(raw, "native_dimse", where, True),
         idle_release_seconds=_number(raw, "idle_release_seconds", where, 5.0, 0.1, 86400),
         connect_timeout=_float(raw, "connect_timeout", where, 5.0),
         dimse_timeout=_float(raw, "dimse_timeout", where, 30.0),

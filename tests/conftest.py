@@ -188,8 +188,8 @@ def write_dimse_config(
 ) -> Path:
     """A gateway config: site "web" (the Orthanc DICOMweb root, for comparison) and four DIMSE
     sites on one PACS: {prefix}get, {prefix}move, and -nocache twins whose cache is too small to
-    keep a study (every retrieve goes to the PACS; no IOCM filter; get-nocache's C-GET is
-    pynetdicom's, get's the native one). Its store is
+    keep a study (every retrieve goes to the PACS; no IOCM filter; their C-GET and storage SCP
+    are pynetdicom's, the others' the native ones). Its store is
     ``work/state.sqlite3``, or the PostgreSQL database ``database_url``; the file is
     ``work/{config_name}.toml``. ``iocm_refresh``: every site's ``iocm_refresh_seconds``
     (default: the gateway's)."""
@@ -219,8 +219,8 @@ def write_dimse_config(
         if small:
             # Their counters count the clients' retrieves only: no IOCM reading of KO series.
             lines += ["cache_max_bytes = 1048576", "iocm = false"]
-        if name == "get-nocache":  # pynetdicom's C-GET, beside the native one of "get"
-            lines.append("native_c_get = false")
+        if small:  # pynetdicom's C-GET and storage SCP, beside the native ones of the others
+            lines.append("native_dimse = false")
         sites.append("\n".join(lines) + iocm)
     config = work / f"{config_name}.toml"
     # The audit trail in the work dir (the lines of an [audit] section given replace it).

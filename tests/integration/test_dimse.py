@@ -98,8 +98,8 @@ def _instances_by_sop(url: str, accept: str) -> dict[str, tuple[dict[str, str], 
     return out
 
 
-# get-nocache: the C-GET on pynetdicom's association (native_c_get = false), beside get's own.
-@pytest.mark.parametrize("site", [*SITES, "get-nocache"])
+# The -nocache twins retrieve on pynetdicom (native_dimse = false), the others natively.
+@pytest.mark.parametrize("site", [*SITES, "get-nocache", "move-nocache"])
 @pytest.mark.parametrize("accept", [AS_STORED, None], ids=["as-stored", "default"])
 def test_study_retrieve_equals_dicomweb_site(
     dimse_gateway: DimseGateway, pacs: Pacs, site: str, accept: str | None

@@ -90,9 +90,9 @@ def test_dimse_site_settings() -> None:
     site = settings_from_mapping(raw, {}).sites[0]
     assert site.kind == "dimse"
     assert (site.port, site.calling_aet, site.retrieve) == (104, "NCPEH-GW", "c-get")
-    assert site.native_c_get is True  # the gateway's own C-GET association unless told
-    raw["sites"][0]["native_c_get"] = False
-    assert settings_from_mapping(raw, {}).sites[0].native_c_get is False
+    assert site.native_dimse is True  # the gateway's own C-GET association unless told
+    raw["sites"][0]["native_dimse"] = False
+    assert settings_from_mapping(raw, {}).sites[0].native_dimse is False
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_dimse_site_settings() -> None:
         ({"retrieve": "c-teleport"}, "retrieve"),
         ({"url": "http://x"}, "url"),  # a DICOMweb key on a DIMSE site
         ({"cache_max_bytes": 10}, "cache_max_bytes"),
-        ({"native_c_get": "yes"}, "native_c_get"),
+        ({"native_dimse": "yes"}, "native_dimse"),
     ],
 )
 def test_bad_dimse_values_name_the_key(extra: dict[str, Any], names: str) -> None:

@@ -55,6 +55,7 @@ from .flight import WINDOW, Flight
 from .identifiers import FindPlan, answer_to_json, find_identifier
 from .instances import file_chunks, metadata_of, stored_syntax, study_and_series, with_bulk_uris
 from .native import NativeAssociation
+from .native_scp import NativeStorageSCP
 from .operations import (
     Canceller,
     FindOutcome,
@@ -102,9 +103,9 @@ class DimseBackend:
         self._cache = InstanceCache(
             Path(site.cache_dir or self._own_cache_dir or ""), site.cache_max_bytes
         )
-        self._scp: StorageSCP | None = None
+        self._scp: StorageSCP | NativeStorageSCP | None = None
         if site.retrieve == "c-move":
-            self._scp = StorageSCP(site)
+            self._scp = NativeStorageSCP(site) if site.native_dimse else StorageSCP(site)
             self._scp.start()
         self._flights: dict[tuple[str, ...], Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -346,7 +347,7 @@ class DimseBackend:
         loop = asyncio.get_running_loop()
         room_timeout = self._site.dimse_timeout / 2
         sink: Sink
-        if self._scp is None and self._site.native_c_get:
+        if self._site.native_dimse:
             sink = CacheStore(
                 self._cache, flight, self._received, target, room_timeout, self._site.called_aet
             )
@@ -445,7 +446,7 @@ class DimseBackend:
         """An association to retrieve on: a C-GET's gets the C-STOREs (a native one of its
         own, or one from the pool), a C-MOVE's the query plan (the instances come on the
         PACS's own associations to the storage SCP)."""
-        if isinstance(sink, CacheStore):
+        if isinstance(sink, CacheStore) and self._scp is None:
             site = self._site
             async with self._pool.slot(wait):
                 native = await NativeAssociation.open(
@@ -463,6 +464,7 @@ class DimseBackend:
                     await native.release()
             return
         if self._scp is None:
+            assert not isinstance(sink, CacheStore)  # a native C-GET has its own, above
             lease = self._pool.lease(sink=sink, plan=plan, wait=wait)
         else:
             lease = self._pool.lease(wait=wait)
@@ -524,14 +526,19 @@ class DimseBackend:
                 return await assoc.c_get(
                     identifier, message_id, sink, split.stop, deadline, timeout
                 )
-        assert not isinstance(sink, CacheStore)
         if self._scp is None:
             canceller = Canceller(assoc, message_id, GET_MODEL)
             with split.cancelling(canceller):
                 return await self._pool.run(
                     run_get, canceller, identifier, split.stop, deadline, timeout
                 )
-        self._scp.register(message_id, sink)
+        if isinstance(self._scp, NativeStorageSCP):
+            assert isinstance(sink, CacheStore)
+            await self._scp.serving()
+            self._scp.register(message_id, sink)
+        else:
+            assert not isinstance(sink, CacheStore)
+            self._scp.register(message_id, sink)
         try:
             canceller = Canceller(assoc, message_id, MOVE_MODEL)
             with split.cancelling(canceller):
@@ -580,7 +587,7 @@ class DimseBackend:
                     self._message_id(),
                     self._site.search_timeout,
                 )
-                if self._scp is None and self._site.native_c_get:
+                if self._scp is None and self._site.native_dimse:
                     # The retrieve runs on an association of its own: this one, idle in the
                     # pool meanwhile, would take ~15 % of a core polling (see _let_go).
                     await self._pool.run(_let_go, assoc)
@@ -636,7 +643,9 @@ class DimseBackend:
             flight.abandon()
         if self._tasks:  # let each retrieve abort its association and clean up
             await asyncio.wait(self._tasks, timeout=self._site.dimse_timeout)
-        if self._scp is not None:
+        if isinstance(self._scp, NativeStorageSCP):
+            await self._scp.stop()
+        elif self._scp is not None:
             self._scp.stop()
         await self._pool.close()
         self._cache.close()

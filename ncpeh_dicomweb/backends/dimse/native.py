@@ -21,6 +21,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from pydicom import Dataset
@@ -60,7 +61,7 @@ from .wire import (
     release_rq,
 )
 
-__all__ = ["MAX_PDU", "NativeAssociation", "Receiving", "StoreReceiver"]
+__all__ = ["MAX_PDU", "NativeAssociation", "Receiving", "StoreIntake", "StoreReceiver", "read_pdu"]
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class NativeAssociation:
         try:
             writer.write(associate_rq(calling, called, contexts, plan.roles, MAX_PDU))
             async with asyncio.timeout(acse_timeout):
-                kind, body = await _read_pdu(reader)
+                kind, body = await read_pdu(reader)
             if kind == A_ASSOCIATE_AC:
                 return cls(reader, writer, parse_associate_ac(body, contexts))
             if kind == A_ASSOCIATE_RJ:
@@ -169,7 +170,7 @@ class NativeAssociation:
         try:
             self._writer.write(release_rq())
             async with asyncio.timeout(max_wait):
-                while (await _read_pdu(self._reader))[0] not in (A_RELEASE_RP, A_ABORT):
+                while (await read_pdu(self._reader))[0] not in (A_RELEASE_RP, A_ABORT):
                     pass  # late P-DATA of a cancelled operation
         except (OSError, TimeoutError, asyncio.IncompleteReadError, WireError):
             self._send(abort())
@@ -267,6 +268,84 @@ class NativeAssociation:
         return outcome
 
 
+class StoreIntake:
+    """The C-STOREs arriving on one association (a C-GET's sub-operations, or the storage
+    SCP's): each command, then its data set's fragments into a :class:`Receiving`, then the
+    answer, sent once the instance is kept and the receiver has room (PS3.7 9.3.1)."""
+
+    def __init__(
+        self, send: Callable[[bytes], None], contexts: dict[int, tuple[str, str]], max_pdu: int
+    ) -> None:
+        self._send, self._contexts, self._max_pdu = send, contexts, max_pdu
+        self._store: tuple[int, str, str, int] | None = None  # (context, class, sop, msg id)
+        self._receiver: StoreReceiver | None = None
+        self._current: Receiving | None = None  # the instance being written
+        self._refusal = 0  # status for the C-STORE whose data set is being dropped
+
+    @property
+    def receiving(self) -> bool:
+        """Whether a C-STORE's data set is under way (its fragments go to :meth:`fragment`)."""
+        return self._store is not None
+
+    def begin(
+        self, context: int, command: Command, receiver: StoreReceiver | None, refusal: int
+    ) -> None:
+        """A C-STORE-RQ: its data set goes to ``receiver``, or (None) is refused: ``refusal``."""
+        accepted = self._contexts.get(context)
+        sop_class, sop = command.text(0x0002), command.text(0x1000)
+        self._store = (context, sop_class, sop, command.number(0x0110))
+        self._receiver, self._current = receiver, None
+        if accepted is None or not sop or not command.has_data_set:
+            self._refusal = _CANNOT_UNDERSTAND
+            if not command.has_data_set:
+                self._answer(_CANNOT_UNDERSTAND)
+            return
+        if receiver is None:
+            self._refusal = refusal
+            return
+        started = receiver.begin(sop_class, sop, accepted[1])
+        if isinstance(started, int):
+            self._refusal = started
+        else:
+            self._current, self._refusal = started, 0
+
+    async def fragment(self, control: int, fragment: memoryview) -> None:
+        current = self._current
+        if current is not None:
+            current.write(fragment)
+        if not control & 0x02:
+            return
+        self._current = None
+        status = self._refusal
+        if current is not None:
+            status = current.finish()
+            if status == 0 and self._receiver is not None:
+                await self._receiver.room()
+        self._answer(status)
+
+    def drop_partial(self) -> None:
+        if self._current is not None:
+            self._current.abort()
+            self._current = None
+
+    def _answer(self, status: int) -> None:
+        assert self._store is not None
+        context, sop_class, sop, store_id = self._store
+        self._store = None
+        values: dict[int, int | str] = {
+            0x0100: C_STORE_RSP,
+            0x0120: store_id,
+            0x0800: NO_DATA_SET,
+            0x0900: status,
+        }
+        if sop_class:
+            values[0x0002] = sop_class
+        if sop:
+            values[0x1000] = sop
+        for pdu in command_pdvs(context, encode_command(values), self._max_pdu):
+            self._send(pdu)
+
+
 class _GetRun:
     """The messages of one C-GET as they come: C-STOREs to write, C-GET responses to count."""
 
@@ -282,16 +361,13 @@ class _GetRun:
         self._stop, self._deadline = stop, deadline
         self.late = False
         self._command = bytearray()
-        self._current: Receiving | None = None  # the instance being written
-        self._store: tuple[int, str, str, int] | None = None  # (context, class, sop, msg id)
-        self._refusal = 0  # status for the C-STORE whose data set is being dropped
+        accepted = assoc._accepted
+        self._intake = StoreIntake(assoc._send, accepted.contexts, accepted.max_pdu)
         self._final: Command | None = None
         self._response_data = False  # a C-GET response's data set (failed UIDs) follows
 
     def drop_partial(self) -> None:
-        if self._current is not None:
-            self._current.abort()
-            self._current = None
+        self._intake.drop_partial()
 
     async def responses(self, max_wait: float) -> Command:
         reader = self._assoc._reader
@@ -305,13 +381,16 @@ class _GetRun:
                 if now - moved > 0.5:
                     watch.reschedule(now + max_wait)
                     moved = now
-                kind, body = await _read_pdu(reader)
+                kind, body = await read_pdu(reader)
                 if kind == P_DATA_TF:
                     for context, control, fragment in pdvs(body):
                         if control & 0x01:
                             done = self._command_fragment(context, control, fragment)
+                        elif self._intake.receiving:
+                            await self._intake.fragment(control, fragment)
+                            done = None
                         else:
-                            done = await self._data_fragment(control, fragment)
+                            done = self._response_data_fragment(control)
                         if done:
                             return done
                         if self._stop.is_set():
@@ -325,13 +404,16 @@ class _GetRun:
                     raise WireError(f"unexpected PDU 0x{kind:02X} during a C-GET")
 
     def _command_fragment(self, context: int, control: int, fragment: memoryview) -> Command | None:
+        if self._intake.receiving:
+            raise WireError("a command in the middle of a C-STORE's data set")
         self._command += fragment
         if not control & 0x02:
             return None
         command = decode_command(self._command)
         self._command.clear()
         if command.field == C_STORE_RQ:
-            self._begin_store(context, command)
+            receiver = None if self._stop.is_set() else self._receiver
+            self._intake.begin(context, command, receiver, _REFUSED)
             return None
         if command.field != C_GET_RSP or command.number(0x0120) != self._id:
             raise WireError(f"unexpected DIMSE command 0x{command.field:04X} during a C-GET")
@@ -346,66 +428,17 @@ class _GetRun:
         self._response_data = command.has_data_set
         return None if self._response_data else command
 
-    def _begin_store(self, context: int, command: Command) -> None:
-        accepted = self._assoc._accepted.contexts.get(context)
-        sop_class, sop = command.text(0x0002), command.text(0x1000)
-        store_id = command.number(0x0110)
-        self._store = (context, sop_class, sop, store_id)
-        if accepted is None or not sop or not command.has_data_set:
-            self._refusal = _CANNOT_UNDERSTAND
-            if not command.has_data_set:
-                self._answer_store(_CANNOT_UNDERSTAND)
-            return
-        if self._stop.is_set():
-            self._refusal = _REFUSED
-            return
-        started = self._receiver.begin(sop_class, sop, accepted[1])
-        if isinstance(started, int):
-            self._refusal = started
-        else:
-            self._current, self._refusal = started, 0
-
-    async def _data_fragment(self, control: int, fragment: memoryview) -> Command | None:
-        if self._store is None:  # a C-GET response's data set: the failed SOP instances
-            if not self._response_data:
-                raise WireError("a data set with no command before it")
-            if control & 0x02:
-                self._response_data = False
-                return self._final
-            return None
-        current = self._current
-        if current is not None:
-            current.write(fragment)
-        if not control & 0x02:
-            return None
-        self._current = None
-        status = self._refusal
-        if current is not None:
-            status = current.finish()
-            if status == 0:
-                await self._receiver.room()
-        self._answer_store(status)
+    def _response_data_fragment(self, control: int) -> Command | None:
+        """A C-GET response's data set (the failed SOP instances): read past."""
+        if not self._response_data:
+            raise WireError("a data set with no command before it")
+        if control & 0x02:
+            self._response_data = False
+            return self._final
         return None
 
-    def _answer_store(self, status: int) -> None:
-        assert self._store is not None
-        context, sop_class, sop, store_id = self._store
-        self._store = None
-        values: dict[int, int | str] = {
-            0x0100: C_STORE_RSP,
-            0x0120: store_id,
-            0x0800: NO_DATA_SET,
-            0x0900: status,
-        }
-        if sop_class:
-            values[0x0002] = sop_class
-        if sop:
-            values[0x1000] = sop
-        for pdu in command_pdvs(context, encode_command(values), self._assoc._accepted.max_pdu):
-            self._assoc._send(pdu)
 
-
-async def _read_pdu(reader: asyncio.StreamReader) -> tuple[int, memoryview]:
+async def read_pdu(reader: asyncio.StreamReader) -> tuple[int, memoryview]:
     """(type, body) of the next PDU; one longer than :data:`MAX_PDU` is an error."""
     head = await reader.readexactly(6)
     kind, length = pdu_header(head)

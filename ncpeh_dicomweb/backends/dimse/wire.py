@@ -1,9 +1,10 @@
 """The DICOM Upper Layer PDUs (PS3.8 9.3) and DIMSE command sets (PS3.7 E) a retrieve needs,
 as bytes: pure functions, no I/O.
 
-Only what :mod:`.native` uses: it opens an association, sends a C-GET, takes the C-STOREs
-the PACS sends back on it and answers them. pynetdicom does everything else (searches, C-MOVE,
-the storage SCP); this exists because its reader costs ~0.2 ms of Python per 16 KB PDU.
+Only what :mod:`.native` and :mod:`.native_scp` use: an association for a C-GET, the C-STOREs
+the PACS sends on it or to the storage SCP, and their answers. pynetdicom does the rest
+(searches, C-MOVE requests); this exists because its reader costs ~0.2 ms of Python per 16 KB
+PDU.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ __all__ = [
     "A_RELEASE_RP",
     "A_RELEASE_RQ",
     "C_CANCEL_RQ",
+    "C_ECHO_RQ",
+    "C_ECHO_RSP",
     "C_GET_RQ",
     "C_GET_RSP",
     "C_STORE_RQ",
@@ -28,8 +31,11 @@ __all__ = [
     "P_DATA_TF",
     "Accepted",
     "Command",
+    "Proposal",
     "WireError",
     "abort",
+    "associate_ac",
+    "associate_rj",
     "associate_rq",
     "command_pdvs",
     "data_pdvs",
@@ -37,6 +43,7 @@ __all__ = [
     "encode_command",
     "parse_associate_ac",
     "parse_associate_rj",
+    "parse_associate_rq",
     "pdu_header",
     "pdvs",
     "release_rp",
@@ -48,6 +55,7 @@ P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
 
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
+C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
 C_CANCEL_RQ = 0x0FFF
 NO_DATA_SET = 0x0101  # CommandDataSetType: no data set follows (PS3.7 E.1)
 
@@ -161,6 +169,69 @@ def parse_associate_ac(
                 if sub == 0x51 and len(sub_value) == 4:
                     max_pdu = struct.unpack(">L", sub_value)[0]
     return Accepted(contexts, max_pdu, tuple(refused))
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """An A-ASSOCIATE-RQ's content (PS3.8 9.3.2): AE titles, contexts as (id, abstract
+    syntax, transfer syntaxes), the longest PDU the requestor takes (0: no limit)."""
+
+    called: str
+    calling: str
+    contexts: tuple[tuple[int, str, tuple[str, ...]], ...]
+    max_pdu: int
+
+
+def parse_associate_rq(body: bytes | memoryview) -> Proposal:
+    """The A-ASSOCIATE-RQ's body (after the PDU header)."""
+    if len(body) < 68:
+        raise WireError("A-ASSOCIATE-RQ shorter than its fixed fields")
+    view = memoryview(body)
+    called = bytes(view[4:20]).decode("ascii", "replace").strip()
+    calling = bytes(view[20:36]).decode("ascii", "replace").strip()
+    contexts: list[tuple[int, str, tuple[str, ...]]] = []
+    max_pdu = 0
+    for kind, value in _items(view[68:]):
+        if kind == 0x20:
+            if len(value) < 4:
+                raise WireError("presentation context item too short")
+            abstract, syntaxes = "", []
+            for sub, sub_value in _items(value[4:]):
+                if sub == 0x30:
+                    abstract = _uid(sub_value)
+                elif sub == 0x40:
+                    syntaxes.append(_uid(sub_value))
+            contexts.append((value[0], abstract, tuple(syntaxes)))
+        elif kind == 0x50:
+            for sub, sub_value in _items(value):
+                if sub == 0x51 and len(sub_value) == 4:
+                    max_pdu = struct.unpack(">L", sub_value)[0]
+    return Proposal(called, calling, tuple(contexts), max_pdu)
+
+
+def associate_ac(
+    proposal: Proposal, results: Sequence[tuple[int, int, str]], max_pdu: int
+) -> bytes:
+    """A-ASSOCIATE-AC (PS3.8 9.3.3): per context (id, result, transfer syntax); result 0
+    accepts, 3 abstract syntax and 4 transfer syntaxes not supported (PS3.8 9.3.3.2)."""
+    items = [_item(0x10, APPLICATION_CONTEXT.encode())]
+    for context_id, result, syntax in results:
+        items.append(_item(0x21, bytes((context_id, 0, result, 0)) + _item(0x40, syntax.encode())))
+    user = [
+        _item(0x51, struct.pack(">L", max_pdu)),
+        _item(0x52, IMPLEMENTATION_UID.encode()),
+        _item(0x55, IMPLEMENTATION_VERSION.encode()),
+    ]
+    items.append(_item(0x50, b"".join(user)))
+    fixed = struct.pack(">H2x", 1) + _ae(proposal.called or "ANY") + _ae(proposal.calling or "ANY")
+    body = fixed + bytes(32) + b"".join(items)
+    return _HEADER.pack(A_ASSOCIATE_AC, len(body)) + body
+
+
+def associate_rj(result: int, source: int, reason: int) -> bytes:
+    """A-ASSOCIATE-RJ (PS3.8 9.3.4): result 1 permanent; source 1 the service user; reason
+    3: calling AE title not recognised."""
+    return _HEADER.pack(A_ASSOCIATE_RJ, 4) + bytes((0, result, source, reason))
 
 
 def parse_associate_rj(body: bytes | memoryview) -> tuple[int, int, int]:
