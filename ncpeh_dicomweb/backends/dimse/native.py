@@ -240,15 +240,15 @@ class NativeAssociation:
         except GatewayError:
             await self.abort()
             raise
-        except (OSError, asyncio.IncompleteReadError, WireError) as exc:
-            log.info("C-GET association broken: %r", exc)
-            await self.abort()
-            raise BackendError("the PACS broke off the C-GET") from None
-        except TimeoutError:
+        except TimeoutError:  # before OSError, whose subclass it is
             await self.abort()
             if stop.is_set():
                 return RetrieveOutcome(CANCEL, 0, 0, 0)
             raise BackendTimeout("the PACS did not answer the C-GET in time") from None
+        except (OSError, asyncio.IncompleteReadError, WireError) as exc:
+            log.info("C-GET association broken: %r", exc)
+            await self.abort()
+            raise BackendError("the PACS broke off the C-GET") from None
         except BaseException:  # cancelled: the association cannot be trusted mid-message
             await asyncio.shield(self.abort())
             raise
@@ -374,11 +374,13 @@ class _GetRun:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout_at(loop.time() + max_wait) as watch:
             moved = loop.time()
+            # max_wait is for each wait on the PACS: pushed on after a PDU is handled (that
+            # may have waited for the clients), not after every one (a timer each): at least
+            # 7/8 of it is left for any wait.
+            push_every = min(0.5, max_wait / 8)
             while True:
-                # max_wait is for the PACS: pushed on after each PDU handled (that may have
-                # waited for the clients), now and then rather than every time.
                 now = loop.time()
-                if now - moved > 0.5:
+                if now - moved > push_every:
                     watch.reschedule(now + max_wait)
                     moved = now
                 kind, body = await read_pdu(reader)

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 _NOT_EXPECTED = 0xC001  # "cannot understand": nobody asked for this instance
 _ACCEPTANCE, _NO_ABSTRACT, _NO_SYNTAX = 0, 3, 4  # PS3.8 9.3.3.2
+_MAX_ASSOCIATIONS = 10  # at once, as pynetdicom's SCP (the conformance statement says so)
 
 
 class NativeStorageSCP:
@@ -130,6 +131,9 @@ class NativeStorageSCP:
         if kind != A_ASSOCIATE_RQ:
             raise WireError(f"PDU 0x{kind:02X} before an association")
         proposal = parse_associate_rq(body)
+        if len(self._connections) > _MAX_ASSOCIATIONS:
+            writer.write(associate_rj(2, 3, 2))  # transient, presentation: local limit
+            return
         peer = writer.get_extra_info("peername")
         address = str(peer[0]) if peer else ""
         # Only the PACS we move from may store here: anyone else could plant instances.
