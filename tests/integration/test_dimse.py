@@ -268,14 +268,15 @@ def _cache_is_clean(cache_dir: Path) -> int:
     assert not any((cache_dir / "tmp").iterdir()), "half-written files left in the cache"
     files = list((cache_dir / "data").rglob("*.dcm"))
     for path in files:
-        ds = pydicom.dcmread(path)
-        assert (
-            len(ds.PixelData) == ds.Rows * ds.Columns * ds.SamplesPerPixel * ds.BitsAllocated // 8
-        )
+        ds = pydicom.dcmread(path)  # a cut file fails here (or its pixels below)
+        if "PixelData" in ds:  # a site's cache holds other studies' documents too
+            rows, columns, samples = ds.Rows, ds.Columns, ds.SamplesPerPixel
+            assert len(ds.PixelData) == rows * columns * samples * ds.BitsAllocated // 8
     return len(files)
 
 
-@pytest.mark.parametrize("site", ["get-nocache", "move-nocache"])
+# The native retrieves (get, move) and pynetdicom's (the -nocache twins).
+@pytest.mark.parametrize("site", ["get", "move", "get-nocache", "move-nocache"])
 def test_client_hang_up_mid_retrieve(dimse_gateway: DimseGateway, pacs: Pacs, site: str) -> None:
     """The association is aborted, the cache holds no half-written instance, no thread stays."""
     import psutil

@@ -93,16 +93,16 @@ async def test_parallel_retrieve_is_the_serial_one_and_orthancs(
     serial_site = _orthanc_site(pacs, tmp_path, "serial", retrieve_parallelism=1, **extra)
     async with _backend(serial_site) as serial:
         one = await _retrieved(serial, target)
-        # A C-MOVE's association goes back to the pool; a (native) C-GET's is its own, and
-        # the one its plan was asked on is let go rather than left polling while it runs.
-        assert serial.stats()["associations_open"] == (0 if retrieve == "c-get" else 1)
+        # A native retrieve's association is its own, and the one its plan was asked on is
+        # let go rather than left polling while it runs: none is left open.
+        assert serial.stats()["associations_open"] == 0
     parallel_site = _orthanc_site(pacs, tmp_path, "parallel", retrieve_parallelism=4, **extra)
     async with _backend(parallel_site) as parallel:
         most_open = [0]
         four = await _retrieved(parallel, target, most_open)
         assert most_open[0] >= 2  # the series came on several
         # ... let go once done: an idle association costs CPU (two polling threads)
-        assert parallel.stats()["associations_open"] == (0 if retrieve == "c-get" else 1)
+        assert parallel.stats()["associations_open"] == 0
         assert parallel.stats()["flights_in_progress"] == 0
         again = await _retrieved(parallel, target)  # from the cache: grouped by series
     assert sorted(one) == sorted(four)  # the same instances, the same files
@@ -201,8 +201,8 @@ async def test_a_study_retrieved_in_parallel_is_then_sent_whole(
     stats = backend.stats()
     # The associations the split took besides the retrieve's own are let go, not left
     # idle: pynetdicom polls each every millisecond, which slowed the warm answer. A
-    # native C-GET keeps none (see test_parallel_retrieve_is_the_serial_one_and_orthancs).
-    assert stats["associations_open"] == (0 if retrieve == "c-get" else 1)
+    # native retrieve keeps none (see test_parallel_retrieve_is_the_serial_one_and_orthancs).
+    assert stats["associations_open"] == 0
     assert stats["retrieves"] == 1 and stats["flights_in_progress"] == 0
     async with client.get(path, headers={"Accept": AS_STORED}) as warm:
         warm_body = await warm.read()

@@ -443,10 +443,11 @@ class DimseBackend:
     async def _lease_for(
         self, sink: Sink, plan: ContextPlan, wait: float | None = None
     ) -> AsyncIterator[Association | NativeAssociation]:
-        """An association to retrieve on: a C-GET's gets the C-STOREs (a native one of its
-        own, or one from the pool), a C-MOVE's the query plan (the instances come on the
-        PACS's own associations to the storage SCP)."""
-        if isinstance(sink, CacheStore) and self._scp is None:
+        """An association to retrieve on: natively (``native_dimse``), one of its own; else
+        from the pool. A C-GET's has the plan's contexts (the C-STOREs come on it), a
+        C-MOVE's the query plan (they come on the PACS's own associations to the storage
+        SCP)."""
+        if isinstance(sink, CacheStore):
             site = self._site
             async with self._pool.slot(wait):
                 native = await NativeAssociation.open(
@@ -454,7 +455,7 @@ class DimseBackend:
                     site.port,
                     site.calling_aet,
                     site.called_aet,
-                    plan,
+                    plan if self._scp is None else self._pool.query_plan,
                     site.connect_timeout,
                     site.connect_timeout * 2,
                 )
@@ -522,23 +523,34 @@ class DimseBackend:
         timeout = self._site.dimse_timeout
         if isinstance(assoc, NativeAssociation):
             assert isinstance(sink, CacheStore)
-            with split.cancelling(_NativeCancel(assoc, message_id)):
-                return await assoc.c_get(
-                    identifier, message_id, sink, split.stop, deadline, timeout
-                )
+            if self._scp is None:
+                with split.cancelling(_NativeCancel(assoc, message_id)):
+                    return await assoc.c_get(
+                        identifier, message_id, sink, split.stop, deadline, timeout
+                    )
+            assert isinstance(self._scp, NativeStorageSCP)
+            await self._scp.serving()
+            self._scp.register(message_id, sink)
+            try:
+                with split.cancelling(_NativeCancel(assoc, message_id)):
+                    return await assoc.c_move(
+                        identifier,
+                        self._site.calling_aet,
+                        message_id,
+                        split.stop,
+                        deadline,
+                        timeout,
+                    )
+            finally:
+                self._scp.unregister(message_id)
         if self._scp is None:
             canceller = Canceller(assoc, message_id, GET_MODEL)
             with split.cancelling(canceller):
                 return await self._pool.run(
                     run_get, canceller, identifier, split.stop, deadline, timeout
                 )
-        if isinstance(self._scp, NativeStorageSCP):
-            assert isinstance(sink, CacheStore)
-            await self._scp.serving()
-            self._scp.register(message_id, sink)
-        else:
-            assert not isinstance(sink, CacheStore)
-            self._scp.register(message_id, sink)
+        assert isinstance(self._scp, StorageSCP) and not isinstance(sink, CacheStore)
+        self._scp.register(message_id, sink)
         try:
             canceller = Canceller(assoc, message_id, MOVE_MODEL)
             with split.cancelling(canceller):
@@ -587,7 +599,7 @@ class DimseBackend:
                     self._message_id(),
                     self._site.search_timeout,
                 )
-                if self._scp is None and self._site.native_dimse:
+                if self._site.native_dimse:
                     # The retrieve runs on an association of its own: this one, idle in the
                     # pool meanwhile, would take ~15 % of a core polling (see _let_go).
                     await self._pool.run(_let_go, assoc)

@@ -1,11 +1,13 @@
-"""A C-GET on an association of our own, on the event loop (PS3.4 C.4.3, PS3.7 9.1.3).
+"""C-GET and C-MOVE on an association of our own, on the event loop (PS3.4 C.4.2-C.4.3,
+PS3.7 9.1.3-9.1.4).
 
 pynetdicom reads each PDU with several 4 KB ``recv`` calls, queues it between two threads and
 decodes it into objects: about 0.2 ms of Python per 16 KB PDU, so one association tops out
 near 60-100 MB/s and the gateway's other threads wait for the GIL meanwhile. Here a retrieve's
 association is a stream on the event loop: each PDU is one ``readexactly``, each fragment of a
 data set goes straight into the instance's cache file, and nothing else is decoded but the
-command sets. Searches, C-MOVE and the storage SCP stay with pynetdicom.
+command sets. The C-MOVE's instances come to the storage SCP (:mod:`.native_scp`), on the same
+path; searches stay with pynetdicom.
 
 The C-STOREs are answered one by one once their instance is in the cache and the clients are
 close enough behind (:meth:`StoreReceiver.room`): the PACS sends the next only then, so a
@@ -22,13 +24,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from pydicom import Dataset
 from pynetdicom.dsutils import encode
 
 from ...errors import BackendError, BackendTimeout, BackendUnreachable, GatewayError
-from .contexts import GET_MODEL, ContextPlan
+from .contexts import GET_MODEL, MOVE_MODEL, ContextPlan
 from .operations import RetrieveOutcome
 from .status import CANCEL, PENDING, error_for_status, is_failure
 from .wire import (
@@ -40,6 +43,8 @@ from .wire import (
     C_CANCEL_RQ,
     C_GET_RQ,
     C_GET_RSP,
+    C_MOVE_RQ,
+    C_MOVE_RSP,
     C_STORE_RQ,
     C_STORE_RSP,
     NO_DATA_SET,
@@ -112,6 +117,7 @@ class NativeAssociation:
         self._reader, self._writer, self._accepted = reader, writer, accepted
         self.is_established = True
         self._cancel_for: int | None = None  # message id a C-CANCEL is due for
+        self._operation_context = 0  # the presentation context of the operation running
 
     # ------------------------------------------------------------------ open / close
 
@@ -194,20 +200,19 @@ class NativeAssociation:
     # ------------------------------------------------------------------ C-GET
 
     def cancel(self, message_id: int) -> None:
-        """C-CANCEL the C-GET ``message_id`` (PS3.7 9.3.2.3), once."""
+        """C-CANCEL the C-GET / C-MOVE ``message_id`` running (PS3.7 9.3.2.3), once."""
         if self._cancel_for == message_id or not self.is_established:
             return
         self._cancel_for = message_id
         command = encode_command({0x0100: C_CANCEL_RQ, 0x0120: message_id, 0x0800: NO_DATA_SET})
-        context = self._context_of(GET_MODEL)
-        for pdu in command_pdvs(context, command, self._accepted.max_pdu):
+        for pdu in command_pdvs(self._operation_context, command, self._accepted.max_pdu):
             self._send(pdu)
 
-    def _context_of(self, abstract: str) -> int:
+    def _context_of(self, abstract: str, name: str) -> int:
         for context, (uid, _) in self._accepted.contexts.items():
             if uid == abstract:
                 return context
-        raise BackendError("the PACS did not accept the C-GET model")
+        raise BackendError(f"the PACS did not accept the {name} model")
 
     async def c_get(
         self,
@@ -221,20 +226,56 @@ class NativeAssociation:
         """C-GET; each C-STORE it brings goes to ``receiver``. ``stop`` (set from anywhere)
         C-CANCELs it at the next message; ``deadline`` (monotonic) bounds the whole, ``max_wait``
         each wait for the PACS. Statuses map as pynetdicom's path does (:mod:`.status`)."""
-        context = self._context_of(GET_MODEL)
+        return await self._retrieve(
+            _GET, identifier, message_id, {}, receiver, stop, deadline, max_wait
+        )
+
+    async def c_move(
+        self,
+        identifier: Dataset,
+        destination: str,
+        message_id: int,
+        stop: threading.Event,
+        deadline: float,
+        max_wait: float,
+    ) -> RetrieveOutcome:
+        """C-MOVE to ``destination`` (our storage SCP: the instances arrive there); the rest
+        as :meth:`c_get`. Only C-MOVE responses come on this association."""
+        return await self._retrieve(
+            _MOVE, identifier, message_id, {0x0600: destination}, None, stop, deadline, max_wait
+        )
+
+    async def _retrieve(
+        self,
+        kind: _Operation,
+        identifier: Dataset,
+        message_id: int,
+        extra: dict[int, int | str],
+        receiver: StoreReceiver | None,
+        stop: threading.Event,
+        deadline: float,
+        max_wait: float,
+    ) -> RetrieveOutcome:
+        context = self._context_of(kind.model, kind.name)
         syntax = self._accepted.contexts[context][1]
         data = encode(identifier, syntax == _ILE, True)
         if data is None:
-            raise BackendError("the C-GET identifier could not be encoded")
-        command = encode_command(
-            {0x0002: GET_MODEL, 0x0100: C_GET_RQ, 0x0110: message_id, 0x0700: 0, 0x0800: 0}
-        )
+            raise BackendError(f"the {kind.name} identifier could not be encoded")
+        values: dict[int, int | str] = {
+            0x0002: kind.model,
+            0x0100: kind.request,
+            0x0110: message_id,
+            0x0700: 0,
+            0x0800: 0,
+        }
+        command = encode_command(values | extra)
         self._cancel_for = None
+        self._operation_context = context
         for pdu in command_pdvs(context, command, self._accepted.max_pdu):
             self._writer.write(pdu)
         for pdu in data_pdvs(context, data, self._accepted.max_pdu):
             self._writer.write(pdu)
-        run = _GetRun(self, message_id, receiver, stop, deadline)
+        run = _GetRun(self, kind, message_id, receiver, stop, deadline)
         try:
             final = await run.responses(max_wait)
         except GatewayError:
@@ -244,18 +285,18 @@ class NativeAssociation:
             await self.abort()
             if stop.is_set():
                 return RetrieveOutcome(CANCEL, 0, 0, 0)
-            raise BackendTimeout("the PACS did not answer the C-GET in time") from None
+            raise BackendTimeout(f"the PACS did not answer the {kind.name} in time") from None
         except (OSError, asyncio.IncompleteReadError, WireError) as exc:
-            log.info("C-GET association broken: %r", exc)
+            log.info("%s association broken: %r", kind.name, exc)
             await self.abort()
-            raise BackendError("the PACS broke off the C-GET") from None
+            raise BackendError(f"the PACS broke off the {kind.name}") from None
         except BaseException:  # cancelled: the association cannot be trusted mid-message
             await asyncio.shield(self.abort())
             raise
         finally:
             run.drop_partial()
         if run.late:
-            raise BackendTimeout("the PACS did not finish the C-GET in time")
+            raise BackendTimeout(f"the PACS did not finish the {kind.name} in time")
         code = final.number(0x0900)
         outcome = RetrieveOutcome(
             status=code,
@@ -264,8 +305,20 @@ class NativeAssociation:
             warning=final.number(0x1023),
         )
         if is_failure(code) and outcome.completed == 0:
-            raise error_for_status(code, "C-GET")
+            raise error_for_status(code, kind.name)
         return outcome
+
+
+@dataclass(frozen=True, slots=True)
+class _Operation:
+    name: str
+    model: str
+    request: int
+    response: int
+
+
+_GET = _Operation("C-GET", GET_MODEL, C_GET_RQ, C_GET_RSP)
+_MOVE = _Operation("C-MOVE", MOVE_MODEL, C_MOVE_RQ, C_MOVE_RSP)
 
 
 class StoreIntake:
@@ -347,17 +400,19 @@ class StoreIntake:
 
 
 class _GetRun:
-    """The messages of one C-GET as they come: C-STOREs to write, C-GET responses to count."""
+    """The messages of one C-GET / C-MOVE as they come: C-STOREs to write (a C-GET's), its
+    responses to count."""
 
     def __init__(
         self,
         assoc: NativeAssociation,
+        kind: _Operation,
         message_id: int,
-        receiver: StoreReceiver,
+        receiver: StoreReceiver | None,
         stop: threading.Event,
         deadline: float,
     ) -> None:
-        self._assoc, self._id, self._receiver = assoc, message_id, receiver
+        self._assoc, self._kind, self._id, self._receiver = assoc, kind, message_id, receiver
         self._stop, self._deadline = stop, deadline
         self.late = False
         self._command = bytearray()
@@ -399,11 +454,13 @@ class _GetRun:
                             self._assoc.cancel(self._id)
                 elif kind == A_RELEASE_RQ:
                     self._assoc._send(release_rp())
-                    raise BackendError("the PACS released the association in the middle of a C-GET")
+                    raise BackendError(
+                        f"the PACS released the association in the middle of a {self._kind.name}"
+                    )
                 elif kind == A_ABORT:
-                    raise BackendError("the PACS aborted the C-GET")
+                    raise BackendError(f"the PACS aborted the {self._kind.name}")
                 else:
-                    raise WireError(f"unexpected PDU 0x{kind:02X} during a C-GET")
+                    raise WireError(f"unexpected PDU 0x{kind:02X} during a {self._kind.name}")
 
     def _command_fragment(self, context: int, control: int, fragment: memoryview) -> Command | None:
         if self._intake.receiving:
@@ -413,12 +470,14 @@ class _GetRun:
             return None
         command = decode_command(self._command)
         self._command.clear()
-        if command.field == C_STORE_RQ:
+        if command.field == C_STORE_RQ and self._receiver is not None:
             receiver = None if self._stop.is_set() else self._receiver
             self._intake.begin(context, command, receiver, _REFUSED)
             return None
-        if command.field != C_GET_RSP or command.number(0x0120) != self._id:
-            raise WireError(f"unexpected DIMSE command 0x{command.field:04X} during a C-GET")
+        if command.field != self._kind.response or command.number(0x0120) != self._id:
+            raise WireError(
+                f"unexpected DIMSE command 0x{command.field:04X} during a {self._kind.name}"
+            )
         code = command.number(0x0900)
         if code in PENDING:
             self.late = self.late or time.monotonic() > self._deadline

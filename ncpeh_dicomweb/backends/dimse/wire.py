@@ -25,6 +25,8 @@ __all__ = [
     "C_ECHO_RSP",
     "C_GET_RQ",
     "C_GET_RSP",
+    "C_MOVE_RQ",
+    "C_MOVE_RSP",
     "C_STORE_RQ",
     "C_STORE_RSP",
     "NO_DATA_SET",
@@ -55,6 +57,7 @@ P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
 
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
+C_MOVE_RQ, C_MOVE_RSP = 0x0021, 0x8021
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
 C_CANCEL_RQ = 0x0FFF
 NO_DATA_SET = 0x0101  # CommandDataSetType: no data set follows (PS3.7 E.1)
