@@ -24,7 +24,6 @@ from typing import Any
 import orjson
 from pydicom import Dataset
 from pynetdicom.association import Association
-from pynetdicom.dsutils import encode_file_meta
 
 from ...config import DimseSite
 from ...dicomweb.attributes import Level
@@ -53,7 +52,7 @@ from ..relational import UID_TAG, child_query, lower_keys, page, parent_uids, re
 from .contexts import GET_MODEL, MOVE_MODEL, ContextPlan, Holdings, plan_retrieve
 from .flight import WINDOW, Flight
 from .identifiers import FindPlan, answer_to_json, find_identifier
-from .instances import file_chunks, metadata_of, stored_syntax, study_and_series, with_bulk_uris
+from .instances import file_chunks, metadata_of, stored_syntax, with_bulk_uris
 from .native import NativeAssociation
 from .native_scp import NativeStorageSCP
 from .operations import (
@@ -67,8 +66,7 @@ from .operations import (
     run_move,
 )
 from .pool import AssociationPool
-from .received import dataset_uids
-from .receiving import CacheStore
+from .receiving import CacheStore, pynetdicom_sink
 from .split import Split, by_series, splits
 from .status import CANCEL, SUCCESS, error_for_status
 from .storescp import StorageSCP
@@ -352,7 +350,7 @@ class DimseBackend:
                 self._cache, flight, self._received, target, room_timeout, self._site.called_aet
             )
         else:
-            sink = _make_sink(self._cache, loop, flight, self.counters, target, room_timeout)
+            sink = pynetdicom_sink(self._cache, loop, flight, self._received, target, room_timeout)
         error: GatewayError | None = None
         try:
             # No asyncio timeout here: the DIMSE thread keeps the deadline itself and cancels
@@ -783,53 +781,6 @@ class _NativeCancel:
         self.assoc.cancel(self.message_id)
 
 
-def _make_sink(
-    cache: InstanceCache,
-    loop: asyncio.AbstractEventLoop,
-    flight: Flight,
-    counters: DimseCounters,
-    target: Target,
-    room_timeout: float,
-) -> Callable[[Any], int]:
-    """The C-STORE handler of one retrieve: raw bytes to the cache, then tell the flight.
-
-    It answers the PACS only once the clients are less than a window behind, so a slow
-    client slows the PACS instead of filling the disk. The sub-retrieves of a study call it
-    from several threads at once: the counts it keeps are taken under a lock.
-    """
-    lock = threading.Lock()
-
-    def store(event: Any) -> int:
-        if flight.cancel.is_set():
-            return 0xA700  # refused: nobody wants it any more (a C-CANCEL is on its way)
-        data_set = event.request.DataSet  # pynetdicom keeps each data set in a BytesIO
-        with data_set.getbuffer() as view:  # the bytes as sent, not a copy of them
-            study, series = _uids_of(event, view)
-            if study != target.study or (target.series is not None and series != target.series):
-                with lock:
-                    flight.foreign += 1
-                return 0xA900  # not what was asked for (wrong parent): never cached, never served
-            sop = str(event.request.AffectedSOPInstanceUID)
-            with cache.writer(study, series, sop, pin=True) as writer:
-                writer.write(_PREAMBLE + encode_file_meta(event.file_meta))
-                writer.write(view)
-                item = writer.commit()
-        with lock:
-            counters.instances_received += 1
-        try:
-            loop.call_soon_threadsafe(flight.add, item)
-        except RuntimeError:  # the loop is gone: the gateway is shutting down
-            cache.unpin([item])
-            return 0xA700
-        flight.wait_for_room(item.size, room_timeout)
-        return SUCCESS
-
-    return store
-
-
-_PREAMBLE = b"\0" * 128 + b"DICM"  # PS3.10 7.1
-
-
 def _let_go(assoc: Association) -> None:
     """Release an association a split leased beyond what a whole retrieve needs (the
     series' C-FIND, a part's own), so that the pool does not keep it: an idle pynetdicom
@@ -841,13 +792,6 @@ def _let_go(assoc: Association) -> None:
         assoc.release()
     except Exception:
         log.debug("release failed", exc_info=True)
-
-
-def _uids_of(event: Any, view: memoryview) -> tuple[str, str]:
-    """Study and Series Instance UIDs of a received data set: walked cheaply where its
-    syntax allows and its header is sound, else decoded by pydicom."""
-    uids = dataset_uids(view, str(event.context.transfer_syntax))
-    return uids if uids is not None else study_and_series(event.encoded_dataset())
 
 
 def _outcome_error(outcome: RetrieveOutcome, operation: str) -> GatewayError | None:

@@ -1,27 +1,33 @@
-"""The C-STOREs of one retrieve on a native C-GET (:mod:`.native`), streamed into the cache.
+"""The C-STOREs of one retrieve, into the cache: natively (:class:`CacheStore`, for
+:mod:`.native` and :mod:`.native_scp`) or from pynetdicom's events (:func:`pynetdicom_sink`).
 
-The same rules as the pynetdicom sink (``backend._make_sink``): raw bytes behind a File Meta
-header, refused when every client has gone (0xA700) or when the instance is not under the
-target (0xA900, never cached), then handed to the flight, and the PACS held back while the
-clients are a window behind. What differs: each fragment is written as it arrives, so an
-instance is never whole in memory; the study and series are read from its first bytes.
+The same rules both ways: raw bytes behind a File Meta header, refused when every client has
+gone (0xA700) or when the instance is not under the target (0xA900, never cached), then
+handed to the flight, and the PACS held back while the clients are a window behind. Natively
+each fragment is written as it arrives, so an instance is never whole in memory, and the
+study and series are read from its first bytes; pynetdicom hands over each data set whole.
 """
 
 from __future__ import annotations
 
+import asyncio
 import struct
+import threading
 from collections.abc import Callable
+from typing import Any
 
 import pydicom
+from pynetdicom.dsutils import encode_file_meta
 
 from ..base import Target
 from ..cache import InstanceCache, InstanceWriter
 from .flight import Flight
+from .instances import study_and_series
 from .received import dataset_uids
 from .status import SUCCESS
 from .wire import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION
 
-__all__ = ["CacheStore"]
+__all__ = ["CacheStore", "part10_head", "pynetdicom_sink"]
 
 _PREAMBLE = b"\0" * 128 + b"DICM"  # PS3.10 7.1
 _HEAD = 64 << 10  # the study and series UIDs are in the first bytes of any usual instance
@@ -147,3 +153,63 @@ class _Incoming:
             return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
         except Exception:
             return None
+
+
+# ---------------------------------------------------------------- pynetdicom's path
+
+
+def pynetdicom_sink(
+    cache: InstanceCache,
+    loop: asyncio.AbstractEventLoop,
+    flight: Flight,
+    received: Callable[[], None],
+    target: Target,
+    room_timeout: float,
+) -> Callable[[Any], int]:
+    """The pynetdicom C-STORE handler of one retrieve (``native_dimse = false``): raw bytes
+    to the cache, then tell the flight.
+
+    It answers the PACS only once the clients are less than a window behind, so a slow
+    client slows the PACS instead of filling the disk. The sub-retrieves of a study call it
+    from several threads at once: the counts it keeps are taken under a lock.
+    """
+    lock = threading.Lock()
+
+    def store(event: Any) -> int:
+        if flight.cancel.is_set():
+            return _REFUSED  # refused: nobody wants it any more (a C-CANCEL is on its way)
+        data_set = event.request.DataSet  # pynetdicom keeps each data set in a BytesIO
+        with data_set.getbuffer() as view:  # the bytes as sent, not a copy of them
+            study, series = _uids_of(event, view)
+            if study != target.study or (target.series is not None and series != target.series):
+                with lock:
+                    flight.foreign += 1
+                return (
+                    _NOT_ASKED  # not what was asked for (wrong parent): never cached, never served
+                )
+            sop = str(event.request.AffectedSOPInstanceUID)
+            with cache.writer(study, series, sop, pin=True) as writer:
+                writer.write(_PREAMBLE + encode_file_meta(event.file_meta))
+                writer.write(view)
+                item = writer.commit()
+        with lock:
+            received()
+        try:
+            loop.call_soon_threadsafe(flight.add, item)
+        except RuntimeError:  # the loop is gone: the gateway is shutting down
+            cache.unpin([item])
+            return _REFUSED
+        flight.wait_for_room(item.size, room_timeout)
+        return SUCCESS
+
+    return store
+
+
+_PREAMBLE = b"\0" * 128 + b"DICM"  # PS3.10 7.1
+
+
+def _uids_of(event: Any, view: memoryview) -> tuple[str, str]:
+    """Study and Series Instance UIDs of a received data set: walked cheaply where its
+    syntax allows and its header is sound, else decoded by pydicom."""
+    uids = dataset_uids(view, str(event.context.transfer_syntax))
+    return uids if uids is not None else study_and_series(event.encoded_dataset())
