@@ -138,8 +138,9 @@ class _Receiving:
 
     def finish(self) -> int:
         assert not (self._incoming.finished or self._incoming.aborted)
+        status = self._receiver.finished(self._incoming)  # may raise: then not finished
         self._incoming.finished = True
-        return self._receiver.finished(self._incoming)
+        return status
 
     def abort(self) -> None:
         assert not self._incoming.finished
@@ -523,6 +524,48 @@ async def test_c_store_answers_carry_the_receiver_status(
     assert receiver.rooms == 3 - len(refuse) - len(fail)  # held back only after a success
     await assoc.release()
     assert await _scp_saw(scp, "released")
+
+
+class _Broken(Receiver):
+    """A receiver whose own side fails (a full disk, say): at begin for instance 0, at the
+    first write for instance 1, at finish for instance 2."""
+
+    def begin(self, sop_class: str, sop: str, syntax: str) -> _Receiving | int:
+        if sop == _ct(0).SOPInstanceUID:
+            raise OSError(28, "No space left on device")
+        started = super().begin(sop_class, sop, syntax)
+        if sop == _ct(1).SOPInstanceUID and not isinstance(started, int):
+            started.write = _raise  # type: ignore[method-assign]
+        return started
+
+    def finished(self, incoming: Incoming) -> int:
+        if incoming.sop == _ct(2).SOPInstanceUID:
+            raise OSError(28, "No space left on device")
+        return super().finished(incoming)
+
+
+def _raise(_: memoryview) -> None:
+    raise OSError(28, "No space left on device")
+
+
+async def test_our_own_failures_refuse_the_instance_and_the_c_get_goes_on(
+    start_scp: Callable[..., Scp], opened: list[NativeAssociation]
+) -> None:
+    """A failure on the gateway's side is not the PACS's: that C-STORE is answered 0xA700
+    (Out of Resources), what was written of it is dropped, and the next instance comes."""
+    scp = start_scp(_get_handler([_ct(n) for n in range(4)]))
+    assoc = await _open(opened, scp.port)
+    receiver = _Broken()
+    outcome = await _get(assoc, receiver)
+    assert scp.store_statuses == [0xA700, 0xA700, 0xA700, 0]
+    assert outcome == RetrieveOutcome(0xB000, 1, 3, 0)
+    by_sop = {i.sop: i for i in receiver.incoming}
+    for failed in (_ct(1).SOPInstanceUID, _ct(2).SOPInstanceUID):  # dropped, never kept
+        assert by_sop[failed].aborted and not by_sop[failed].finished
+    assert receiver.by_sop() == {_ct(3).SOPInstanceUID: by_sop[_ct(3).SOPInstanceUID].data}
+    assert receiver.rooms == 1
+    assert assoc.is_established
+    await assoc.release()
 
 
 async def test_every_c_store_failed_is_the_scp_failure_status(

@@ -356,7 +356,11 @@ class StoreIntake:
         if receiver is None:
             self._refusal = refusal
             return
-        started = receiver.begin(sop_class, sop, accepted[1])
+        try:
+            started = receiver.begin(sop_class, sop, accepted[1])
+        except Exception:  # our side (a full disk, say), not the PACS's: refuse this one
+            log.exception("receiving an instance failed")
+            started = _REFUSED
         if isinstance(started, int):
             self._refusal = started
         else:
@@ -365,13 +369,23 @@ class StoreIntake:
     async def fragment(self, control: int, fragment: memoryview) -> None:
         current = self._current
         if current is not None:
-            current.write(fragment)
+            try:
+                current.write(fragment)
+            except Exception:  # as in begin: the rest of it is read past, then refused
+                log.exception("writing a received instance failed")
+                self.drop_partial()
+                current, self._refusal = None, _REFUSED
         if not control & 0x02:
             return
         self._current = None
         status = self._refusal
         if current is not None:
-            status = current.finish()
+            try:
+                status = current.finish()
+            except Exception:
+                log.exception("keeping a received instance failed")
+                current.abort()
+                status = _REFUSED
             if status == 0 and self._receiver is not None:
                 await self._receiver.room()
         self._answer(status)

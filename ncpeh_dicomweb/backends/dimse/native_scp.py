@@ -63,8 +63,10 @@ class NativeStorageSCP:
         return self._sock.getsockname()[1] if self._sock is not None else 0
 
     def start(self) -> None:
+        host = self._site.store_host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server(
-            (self._site.store_host, self._site.store_port), backlog=16, reuse_port=False
+            (host, self._site.store_port), family=family, backlog=16, reuse_port=False
         )
         sock.setblocking(False)
         self._sock = sock
@@ -137,7 +139,7 @@ class NativeStorageSCP:
         peer = writer.get_extra_info("peername")
         address = str(peer[0]) if peer else ""
         # Only the PACS we move from may store here: anyone else could plant instances.
-        if proposal.calling != site.called_aet or not _is_host(address, site.host):
+        if proposal.calling != site.called_aet or not await _is_host(address, site.host):
             log.warning("storage SCP: association from %r at %s refused", proposal.calling, address)
             writer.write(associate_rj(1, 1, 3))  # permanent, service user, calling AE
             return
@@ -208,11 +210,13 @@ class NativeStorageSCP:
             intake.drop_partial()
 
 
-def _is_host(address: str, host: str) -> bool:
-    """True if ``address`` (the peer's IP) is ``host`` or one of its addresses."""
+async def _is_host(address: str, host: str) -> bool:
+    """True if ``address`` (the peer's IP) is ``host`` or one of its addresses (resolved off
+    the event loop: a slow DNS must not stall the retrieves)."""
     if address == host:
         return True
     try:
-        return address in {info[4][0] for info in socket.getaddrinfo(host, None)}
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
     except OSError:
         return False
+    return address in {str(info[4][0]) for info in infos}
