@@ -24,8 +24,6 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
@@ -54,6 +52,8 @@ from ncpeh_dicomweb.backends.dimse.contexts import (
 from ncpeh_dicomweb.backends.dimse.native import MAX_PDU, NativeAssociation
 from ncpeh_dicomweb.backends.dimse.operations import RetrieveOutcome
 from ncpeh_dicomweb.errors import BackendBusy, BackendError, BackendTimeout, BackendUnreachable
+from tests.integration.receivers import Incoming, Receiving, RecordingReceiver
+from tests.integration.receivers import encoded as _encoded
 
 SCP_AET = "NATIVE-PACS"
 GATEWAY_AET = "NCPEH-NATIVE"
@@ -96,14 +96,6 @@ def _ct(number: int, syntax: str = ELE) -> Dataset:
     return ds
 
 
-def _encoded(ds: Dataset, syntax: str) -> bytes:
-    """The data set as pydicom encodes it in ``syntax`` (no File Meta)."""
-    out = DicomBytesIO()
-    out.is_little_endian, out.is_implicit_VR = True, syntax == ILE
-    write_dataset(out, ds)
-    return out.getvalue()
-
-
 def _identifier() -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
@@ -114,42 +106,9 @@ def _identifier() -> Dataset:
 # ---------------------------------------------------------------------- the receiver
 
 
-@dataclass
-class Incoming:
-    """What the receiver saw of one instance."""
-
-    sop_class: str
-    sop: str
-    syntax: str
-    data: bytearray = field(default_factory=bytearray)
-    writes: int = 0
-    finished: bool = False
-    aborted: bool = False
-
-
-class _Receiving:
-    def __init__(self, receiver: Receiver, incoming: Incoming) -> None:
-        self._receiver, self._incoming = receiver, incoming
-
-    def write(self, fragment: memoryview) -> None:
-        assert not (self._incoming.finished or self._incoming.aborted)
-        self._incoming.data += fragment
-        self._incoming.writes += 1
-
-    def finish(self) -> int:
-        assert not (self._incoming.finished or self._incoming.aborted)
-        status = self._receiver.finished(self._incoming)  # may raise: then not finished
-        self._incoming.finished = True
-        return status
-
-    def abort(self) -> None:
-        assert not self._incoming.finished
-        self._incoming.aborted = True
-
-
-class Receiver:
-    """A StoreReceiver keeping each instance's bytes; refuses (at ``begin``) or fails (at
-    ``finish``) the SOP instances named, and calls ``on_finish`` as each one is whole."""
+class Receiver(RecordingReceiver):
+    """Refuses (at ``begin``) or fails (at ``finish``) the SOP instances named, and calls
+    ``on_finish`` as each one is whole."""
 
     def __init__(
         self,
@@ -158,27 +117,21 @@ class Receiver:
         fail: dict[str, int] | None = None,
         on_finish: Callable[[Incoming], None] | None = None,
     ) -> None:
+        super().__init__()
         self.refuse, self.fail = refuse or {}, fail or {}
         self.on_finish = on_finish
-        self.incoming: list[Incoming] = []
         self.refused: list[str] = []
-        self.rooms = 0
 
-    def begin(self, sop_class: str, sop: str, syntax: str) -> _Receiving | int:
+    def refusal(self, sop: str) -> int | None:
         if sop in self.refuse:
             self.refused.append(sop)
             return self.refuse[sop]
-        incoming = Incoming(sop_class, sop, syntax)
-        self.incoming.append(incoming)
-        return _Receiving(self, incoming)
+        return None
 
     def finished(self, incoming: Incoming) -> int:
         if self.on_finish is not None:
             self.on_finish(incoming)
         return self.fail.get(incoming.sop, 0)
-
-    async def room(self) -> None:
-        self.rooms += 1
 
     def by_sop(self) -> dict[str, bytes]:
         return {i.sop: bytes(i.data) for i in self.incoming if i.finished}
@@ -530,12 +483,12 @@ class _Broken(Receiver):
     """A receiver whose own side fails (a full disk, say): at begin for instance 0, at the
     first write for instance 1, at finish for instance 2."""
 
-    def begin(self, sop_class: str, sop: str, syntax: str) -> _Receiving | int:
+    def begin(self, sop_class: str, sop: str, syntax: str) -> Receiving | int:
         if sop == _ct(0).SOPInstanceUID:
             raise OSError(28, "No space left on device")
         started = super().begin(sop_class, sop, syntax)
         if sop == _ct(1).SOPInstanceUID and not isinstance(started, int):
-            started.write = _raise  # type: ignore[method-assign]
+            started.write = _raise  # type: ignore[method-assign,assignment]
         return started
 
     def finished(self, incoming: Incoming) -> int:

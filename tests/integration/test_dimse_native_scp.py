@@ -22,13 +22,10 @@ import contextlib
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from io import BytesIO
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     UID,
     CTImageStorage,
@@ -55,6 +52,8 @@ from ncpeh_dicomweb.backends.dimse.wire import (
     pdu_header,
 )
 from ncpeh_dicomweb.config import DimseSite
+from tests.integration.receivers import Incoming, RecordingReceiver
+from tests.integration.receivers import encoded as _encoded
 
 PACS_AET = "ORTHANC"  # the site's called_aet: the only AE that may store
 GATEWAY_AET = "GWMOVE"  # the site's calling_aet: the Move Originator of our C-MOVEs
@@ -110,72 +109,21 @@ def _ct(number: int, syntax: str = ELE, pixels: int = 4 * 4 * 2, sop_class: str 
     return ds
 
 
-def _encoded(ds: Dataset, syntax: str) -> bytes:
-    """The data set as pydicom encodes it in ``syntax`` (no File Meta)."""
-    out = DicomBytesIO()
-    out.is_little_endian, out.is_implicit_VR = True, syntax == ILE
-    write_dataset(out, ds)
-    return out.getvalue()
-
-
 # ---------------------------------------------------------------------- the receiver
 
 
-@dataclass
-class Incoming:
-    """What the receiver saw of one instance."""
-
-    sop_class: str
-    sop: str
-    syntax: str
-    data: bytearray = field(default_factory=bytearray)
-    writes: int = 0
-    finished: bool = False
-    aborted: bool = False
-
-
-class _Receiving:
-    def __init__(self, receiver: Receiver, incoming: Incoming) -> None:
-        self._receiver, self._incoming = receiver, incoming
-
-    def write(self, fragment: memoryview) -> None:
-        assert not (self._incoming.finished or self._incoming.aborted)
-        self._incoming.data += fragment
-        self._incoming.writes += 1
-
-    def finish(self) -> int:
-        assert not (self._incoming.finished or self._incoming.aborted)
-        self._incoming.finished = True
-        self._receiver.finishes += 1
-        return self._receiver.status
-
-    def abort(self) -> None:
-        assert not self._incoming.finished
-        self._incoming.aborted = True
-        self._receiver.aborts += 1
-
-
-class Receiver:
-    """A StoreReceiver keeping what it saw: (class, instance, syntax) of each begin(), each
-    instance's bytes, how many finish() / abort() calls and room() awaits. ``refuse``: the
-    status begin() refuses with; ``status``: what finish() answers."""
+class Receiver(RecordingReceiver):
+    """``refuse``: the status begin() refuses with; ``status``: what finish() answers."""
 
     def __init__(self, *, refuse: int | None = None, status: int = SUCCESS) -> None:
+        super().__init__()
         self.refuse, self.status = refuse, status
-        self.begins: list[tuple[str, str, str]] = []
-        self.incoming: list[Incoming] = []
-        self.finishes = self.aborts = self.rooms = 0
 
-    def begin(self, sop_class: str, sop: str, syntax: str) -> _Receiving | int:
-        self.begins.append((sop_class, sop, syntax))
-        if self.refuse is not None:
-            return self.refuse
-        incoming = Incoming(sop_class, sop, syntax)
-        self.incoming.append(incoming)
-        return _Receiving(self, incoming)
+    def refusal(self, sop: str) -> int | None:
+        return self.refuse
 
-    async def room(self) -> None:
-        self.rooms += 1
+    def finished(self, incoming: Incoming) -> int:
+        return self.status
 
     @property
     def untouched(self) -> bool:
