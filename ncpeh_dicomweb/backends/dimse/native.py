@@ -275,7 +275,7 @@ class NativeAssociation:
             self._writer.write(pdu)
         for pdu in data_pdvs(context, data, self._accepted.max_pdu):
             self._writer.write(pdu)
-        run = _GetRun(self, kind, message_id, receiver, stop, deadline)
+        run = _OperationRun(self, kind, message_id, receiver, stop, deadline)
         try:
             final = await run.responses(max_wait)
         except GatewayError:
@@ -413,7 +413,7 @@ class StoreIntake:
             self._send(pdu)
 
 
-class _GetRun:
+class _OperationRun:
     """The messages of one C-GET / C-MOVE as they come: C-STOREs to write (a C-GET's), its
     responses to count."""
 
