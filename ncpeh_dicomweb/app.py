@@ -30,6 +30,7 @@ from .web import (
     viewer,
     wado,
 )
+from .web.after_answer import after_answer_context
 from .web.audit import add_request_id, audit_context, audit_middleware
 from .web.auth import auth_middlewares, authenticator_for
 from .web.cors import add_cors_headers, cors_middleware
@@ -84,6 +85,7 @@ def create_app(settings: Settings) -> web.Application:
     app[CLIENT_STREAMS] = Counter()
     app[METADATA_CACHE] = MetadataCache(max_bytes=_METADATA_BYTES, ttl=_METADATA_TTL)
     app.cleanup_ctx.append(audit_context)  # first in, last out: the last requests are recorded
+    app.cleanup_ctx.append(after_answer_context)  # closed just before the trail: all written
     app.cleanup_ctx.append(_backends)
     app.cleanup_ctx.append(metrics_context)  # after the backends: publishes before they close
     app.cleanup_ctx.append(_imaging_pool)

@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -35,6 +36,7 @@ from ..errors import (
     UpstreamRejected,
 )
 from .base import BodySpan, DicomJson, PartHead, RetrieveEvent, Scope, SearchResult, Target
+from .http_keepalive import KeepAliveClient
 from .http_stream import Body, stream_get
 from .instance_files import InstanceFiles
 from .relational import child_query, lower_keys, page, parent_uids, restrict_to
@@ -52,6 +54,7 @@ _INSTANCE_FILES_BYTES = 1 << 30
 # Upstream searches the gateway must finish itself (relational, loosened) fetch at most this
 # many candidates; a Warning says when the cap was reached.
 _CANDIDATES = 10_000
+_JSON_MOST = 512 << 20  # the longest search or metadata answer taken from the PACS
 # Part headers of the upstream that are passed on to the client (after URL rewriting).
 _PART_HEADERS = ("content-type", "content-length", "content-location", "content-description")
 
@@ -90,6 +93,21 @@ class DicomWebBackend:
         self._files = InstanceFiles(site.id, _INSTANCE_FILES_BYTES)
         # Retrieves over plain HTTP read their bodies straight from the socket (http_stream).
         self._raw_streams = stream_session is not None and site.url.startswith("http://")
+        # ...and searches and metadata go over kept-alive connections of our own.
+        self._keepalive: KeepAliveClient | None = None
+        self._origin = ""
+        if self._raw_streams:
+            origin = urlsplit(site.url)
+            self._origin = f"{origin.scheme}://{origin.netloc}"
+            self._keepalive = KeepAliveClient(
+                origin.hostname or "",
+                origin.port or 80,
+                max_connections=site.max_connections,
+                connect_timeout=site.connect_timeout,
+                read_timeout=site.search_timeout,
+                total_timeout=site.search_timeout,
+                max_body=_JSON_MOST,
+            )
         self._stream_slots = asyncio.Semaphore(site.max_connections)
         self._requests = 0  # HTTP requests made to the PACS (the cost of a FHIR search)
 
@@ -172,14 +190,13 @@ class DicomWebBackend:
 
     async def _get_json(self, url: str) -> list[DicomJson]:
         """A DICOM JSON array from the PACS (an empty 204 counts as no match)."""
-        async with self._request(url, "application/dicom+json") as resp:
-            if resp.status == 204:
-                return []
-            try:
-                raw = await resp.read()
-                body = orjson.loads(raw) if raw.strip() else []
-            except orjson.JSONDecodeError:
-                raise BackendError("the PACS answered with malformed JSON") from None
+        status, raw = await self._fetch(url, "application/dicom+json")
+        if status == 204:
+            return []
+        try:
+            body = orjson.loads(raw) if raw.strip() else []
+        except orjson.JSONDecodeError:
+            raise BackendError("the PACS answered with malformed JSON") from None
         if not isinstance(body, list) or not all(isinstance(d, dict) for d in body):
             raise BackendError("the PACS answered with JSON that is not DICOM JSON")
         return body
@@ -307,8 +324,22 @@ class DicomWebBackend:
     # ------------------------------------------------------------------ plumbing
 
     async def ping(self) -> None:
-        async with self._request(f"{self._root}/studies?limit=1", "application/dicom+json"):
-            pass
+        await self._fetch(f"{self._root}/studies?limit=1", "application/dicom+json")
+
+    async def _fetch(self, url: str, accept: str) -> tuple[int, bytes]:
+        """A search's or metadata's status and whole body: over a kept-alive connection of
+        our own (http_keepalive) for plain HTTP, else aiohttp's."""
+        if self._keepalive is None:
+            async with self._request(url, accept) as resp:
+                return resp.status, await resp.read()
+        self._requests += 1
+        headers = {**self._headers, "Accept": accept}
+        if self._auth is not None:
+            headers["Authorization"] = self._auth.encode()
+        answer = await self._keepalive.get(url[len(self._origin) :] or "/", headers)
+        if answer.status >= 300:
+            raise _map_status(answer.status, answer.headers.get("retry-after"))
+        return answer.status, answer.body
 
     def stats(self) -> dict[str, int]:
         cache = self._files.stats
@@ -325,6 +356,8 @@ class DicomWebBackend:
 
     async def close(self) -> None:
         await self._files.close()
+        if self._keepalive is not None:
+            await self._keepalive.close()
         await self._session.close()
         if self._stream_session is not self._session:
             await self._stream_session.close()

@@ -18,6 +18,8 @@ megabytes can afford. Errors are raised as :mod:`ncpeh_dicomweb.errors` types.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import os
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -28,10 +30,22 @@ from urllib.parse import urlsplit
 from ..errors import BackendError, BackendTimeout, BackendUnreachable
 from .base import BodySpan
 
-__all__ = ["Body", "StreamedResponse", "parse_head", "stream_get"]
+__all__ = [
+    "Body",
+    "Connection",
+    "StreamedResponse",
+    "connect",
+    "parse_head",
+    "read_head",
+    "request_bytes",
+    "stream_get",
+]
 
 _READ_SIZE = 1 << 20  # the most one socket read takes
 _MAX_HEAD = 64 * 1024
+# A streamed body wakes its reader once this much has come (a part's delimiter, headers and
+# the start of its body, not each alone; see Connection.wake_at), or at its end.
+_WAKE_AT = 64 * 1024
 _MID_ANSWER = "the PACS closed the connection in the middle of an answer"
 _SPLICE = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)  # Linux
 
@@ -61,31 +75,37 @@ async def stream_get(
     if parts.query:
         target += "?" + parts.query
     request = _request(target, parts.netloc, headers)
-    connection = await _connect(parts.hostname, parts.port or 80, connect_timeout, read_timeout)
+    connection = await connect(parts.hostname, parts.port or 80, connect_timeout, read_timeout)
     try:
         await connection.send(request)
-        status, head, rest = await _read_head(connection)
-        yield StreamedResponse(status, head, Body(connection, head, bytes(rest)))
+        status, head, rest = await read_head(connection)
+        body = Body(connection, head, bytes(rest), wake_at=_WAKE_AT)
+        yield StreamedResponse(status, head, body)
     finally:
         connection.close()  # a body not read to its end is not waited for
 
 
 def _request(target: str, host: str, headers: Mapping[str, str]) -> bytes:
-    fields = {"Host": host, **headers, "Connection": "close"}
+    return request_bytes(target, host, {**headers, "Connection": "close"})
+
+
+def request_bytes(target: str, host: str, headers: Mapping[str, str]) -> bytes:
+    """A GET's request line and header fields (RFC 9112 3, 5)."""
+    fields = {"Host": host, **headers}
     if any(c in "".join((target, *fields, *fields.values())) for c in "\r\n\0"):
         raise ValueError("the request contains a line break or NUL")
     lines = [f"GET {target} HTTP/1.1", *(f"{name}: {value}" for name, value in fields.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def _connect(
-    host: str, port: int, connect_timeout: float, read_timeout: float
-) -> _Connection:
+async def connect(host: str, port: int, connect_timeout: float, read_timeout: float) -> Connection:
     loop = asyncio.get_running_loop()
     sock: socket.socket | None = None
     try:
         async with asyncio.timeout(connect_timeout):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = _numeric(host, port) or await loop.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
             for family, kind, proto, _, address in infos:
                 sock = socket.socket(family, kind, proto)
                 sock.setblocking(False)
@@ -101,19 +121,49 @@ async def _connect(
         raise BackendUnreachable("the PACS did not accept a connection in time") from None
     except OSError:
         raise BackendUnreachable("the PACS cannot be reached") from None
+    except BaseException:  # cancelled while connecting: the socket is not left open
+        if sock is not None:
+            sock.close()
+        raise
     if sock is None:
         raise BackendUnreachable("the PACS cannot be reached")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return _Connection(sock, read_timeout)
+    return Connection(sock, read_timeout)
 
 
-class _Connection:
+def _numeric(host: str, port: int) -> list[tuple[int, int, int, str, tuple[str, int]]]:
+    """The address of a numeric ``host`` without a resolver (whose thread hop costs a
+    retrieve a millisecond); [] for a name."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return []
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+
+
+class Connection:
     """A non-blocking socket and the longest silence waited for on it."""
 
     def __init__(self, sock: socket.socket, read_timeout: float) -> None:
         self._sock = sock
         self._read_timeout = read_timeout
         self._loop = asyncio.get_running_loop()
+        self._low_water = 1
+        self._waiter: asyncio.Future[None] | None = None  # a read waiting for data
+        self._closed = False
+
+    def wake_at(self, size: int) -> None:
+        """Wait for a read only until ``size`` bytes are there, or the connection's end
+        (``SO_RCVLOWAT``; a read that does not wait takes what there is). A PACS writes a
+        part's delimiter, its headers and its body apart: the reader is woken once for them,
+        not for each. Only where ``size`` more bytes are sure to come, or the end: else the
+        wait could outlast the answer."""
+        size = max(1, size)
+        if size != self._low_water:
+            with contextlib.suppress(OSError):  # not supported: woken for each write, as before
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+            self._low_water = size
 
     async def send(self, data: bytes) -> None:
         try:
@@ -126,19 +176,13 @@ class _Connection:
 
     async def recv(self, most: int = _READ_SIZE) -> bytes:
         """Up to ``most`` bytes once some are there; b"" at the connection's end."""
-        try:
-            return self._sock.recv(most)  # usually there already: no future, no timer
-        except BlockingIOError:
-            pass
-        except OSError:
-            raise BackendError("the PACS connection broke") from None
-        try:
-            async with asyncio.timeout(self._read_timeout):
-                return await self._loop.sock_recv(self._sock, most)
-        except TimeoutError:
-            raise BackendTimeout("the PACS did not answer in time") from None
-        except OSError:
-            raise BackendError("the PACS connection broke") from None
+        while True:
+            try:
+                return self._sock.recv(most)  # usually there already: no future, no timer
+            except BlockingIOError:
+                await self._readable()
+            except OSError:
+                raise BackendError("the PACS connection broke") from None
 
     async def splice(self, pipe: int, most: int) -> int:
         """Up to ``most`` bytes moved into ``pipe`` once some are there; 0 at the end."""
@@ -151,36 +195,83 @@ class _Connection:
                 raise BackendError("the PACS connection broke") from None
 
     async def _readable(self) -> None:
-        waiter = self._loop.create_future()
+        waiter = self._waiter = self._loop.create_future()
         fd = self._sock.fileno()
-        self._loop.add_reader(fd, waiter.set_result, None)
+        self._loop.add_reader(fd, _wake, waiter)
         try:
             async with asyncio.timeout(self._read_timeout):
                 await waiter
         except TimeoutError:
             raise BackendTimeout("the PACS did not answer in time") from None
         finally:
-            self._loop.remove_reader(fd)
+            self._waiter = None
+            if not self._closed:  # closed: its number may be another socket's by now
+                self._loop.remove_reader(fd)
+
+    def still_open(self) -> bool:
+        """Whether an idle connection may be used again: the peer has not closed it, nor sent
+        anything unasked (one non-blocking peek)."""
+        try:
+            self._sock.recv(1, socket.MSG_PEEK)  # b"": closed; bytes: nobody asked for them
+        except BlockingIOError:
+            return True  # nothing to read: open and quiet
+        except OSError:
+            pass
+        return False
 
     def close(self) -> None:
+        """Close the socket; a read waiting on it fails at once (502)."""
+        if self._closed:
+            return
+        self._closed = True
+        waiter = self._waiter
+        if waiter is not None:
+            self._loop.remove_reader(self._sock.fileno())  # before the number can be reused
+            if not waiter.done():
+                waiter.set_exception(BackendError("the connection to the PACS was closed"))
         self._sock.close()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Body:
     """A response's body by its framing (RFC 9112 6.3): chunked, a Content-Length, or until
     the connection's end; iterated, it gives the bytes as the socket reads them."""
 
-    def __init__(self, connection: _Connection, headers: Mapping[str, str], first: bytes):
+    def __init__(
+        self,
+        connection: Connection,
+        headers: Mapping[str, str],
+        first: bytes,
+        *,
+        wake_at: int = 0,
+    ):
         self._connection = connection
         self._first = first  # what came with the head
         self._chunked: AsyncIterator[bytearray] | None = None
         self.read_size = _READ_SIZE  # the most the next read takes (a reader may lower it)
         self.remaining = -1  # the Content-Length's bytes still to come; -1: until the end
+        self.overran = False  # bytes came after the body's length (dropped)
+        # Connection.wake_at: the body's length or its end bounds what is sure to come; a
+        # chunked body's last chunk may be followed by nothing, so it is read as it comes.
+        self._wake_at = wake_at
         if "chunked" in headers.get("transfer-encoding", "").lower():
             self._chunked = _dechunked(connection, bytearray(first))
+            self._wake_at = 0
         else:
             length = headers.get("content-length", "").strip()
             self.remaining = int(length) if length.isdigit() else -1
+            if wake_at:
+                connection.wake_at(wake_at if self.remaining < 0 else min(wake_at, self.remaining))
+
+    def took(self, size: int) -> None:
+        """``size`` bytes of a Content-Length body were read (or spliced)."""
+        remaining = self.remaining = self.remaining - size
+        if remaining < self._wake_at:
+            self._connection.wake_at(remaining)
 
     def __aiter__(self) -> Body:
         return self
@@ -202,7 +293,8 @@ class Body:
             if self.remaining >= 0:
                 if len(block) > self.remaining:  # what follows the body is not ours
                     block = block[: self.remaining]
-                self.remaining -= len(block)
+                    self.overran = True
+                self.took(len(block))
             if block:
                 return block
 
@@ -235,13 +327,16 @@ class _SocketSpan(BodySpan):
             raise BackendError(_MID_ANSWER)
         self.left -= size
         if self._body.remaining > 0:
-            self._body.remaining -= size
+            self._body.took(size)
         return data
 
 
-async def _read_head(connection: _Connection) -> tuple[int, Mapping[str, str], bytearray]:
-    """The status code, the headers and what of the body came with them."""
-    data = bytearray()
+async def read_head(
+    connection: Connection, first: bytes = b""
+) -> tuple[int, Mapping[str, str], bytearray]:
+    """The status code, the headers and what of the body came with them (``first``: what
+    was already read of the answer)."""
+    data = bytearray(first)
     while (end := data.find(b"\r\n\r\n")) < 0:
         if len(data) > _MAX_HEAD:
             raise BackendError("the PACS sent an oversized response head")
@@ -270,10 +365,12 @@ def parse_head(head: bytes) -> tuple[int, Mapping[str, str]]:
             raise BackendError("the PACS sent a malformed HTTP header")
         value = value.strip()
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    if version == "HTTP/1.0" and "keep-alive" not in headers.get("connection", "").lower():
+        headers["connection"] = "close"  # an HTTP/1.0 connection ends with its answer
     return int(code), headers
 
 
-async def _dechunked(connection: _Connection, buffer: bytearray) -> AsyncIterator[bytearray]:
+async def _dechunked(connection: Connection, buffer: bytearray) -> AsyncIterator[bytearray]:
     """A chunked body's data (RFC 9112 7.1); trailers are read and dropped."""
 
     async def more() -> None:

@@ -30,6 +30,7 @@ from ..dicomweb.part10 import Identity, identity_of
 from ..errors import GatewayError
 from ..fhir.tokens import patient_resource_id
 from ..security.audit import Access, AuditTrail, Patient, interaction_for, query_names
+from .after_answer import defer
 from .forwarded import client_address, is_trusted
 from .keys import CLIENT_CERTIFICATE, PATIENT_BINDING, PRINCIPAL, REQUEST_ID, SETTINGS
 from .streaming import STREAM_OUTCOME
@@ -101,18 +102,31 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
 
 
 def _record(request: web.Request, request_id: str, start: datetime, status: int) -> None:
-    """The access, as the request shows it now; its AuditEvent is built and queued on the
-    loop's next turn: by then the metrics middleware has (as a rule) sent the answer, so that
-    a client does not wait for its own audit record."""
+    """The access ends now; its AuditEvent is built and queued in the after-answer lane
+    (web/after_answer.py), so that neither this client nor the next waits for it. What the
+    event says is all in the request by now (its handler has returned)."""
     trail = request.app.get(AUDIT_TRAIL)
-    if trail is None:
-        return
-    access = _access(request, request_id, start, status)
+    if trail is not None:
+        end = datetime.now(UTC)
+        defer(request.app, _record_now, trail, request, request_id, start, end, status)
+
+
+def _record_now(
+    trail: AuditTrail,
+    request: web.Request,
+    request_id: str,
+    start: datetime,
+    end: datetime,
+    status: int,
+) -> None:
+    access = _access(request, request_id, start, end, status)
     if access is not None:
-        asyncio.get_running_loop().call_soon(trail.record_access, access)
+        trail.record_access(access)
 
 
-def _access(request: web.Request, request_id: str, start: datetime, status: int) -> Access | None:
+def _access(
+    request: web.Request, request_id: str, start: datetime, end: datetime, status: int
+) -> Access | None:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else None
     interaction = interaction_for(request.method, route) if route else None
@@ -129,7 +143,7 @@ def _access(request: web.Request, request_id: str, start: datetime, status: int)
         patient = _remembered(request).get(studies[0])
     return Access(
         start=start,
-        end=datetime.now(UTC),
+        end=end,
         request_id=request_id,
         interaction=interaction,
         method=request.method,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from aiohttp.typedefs import Handler
 from ..errors import GatewayError
 from ..fhir.negotiation import R4
 from ..fhir.outcome import operation_outcome, outcome_for_status
+from .after_answer import defer
 from .keys import REQUEST_ID, abort_connection
 from .responses import json_response
 
@@ -131,12 +133,27 @@ class AccessLogger(AbstractAccessLogger):
             time_ * 1000,
             request.get(REQUEST_ID, "-"),
         )
-        # Made here rather than by logger.info: its search of the caller's frame (the line
-        # would name aiohttp's, of no use) was a good part of a search's cost.
+        defer(_app_of(request), self._write, args, time.time())
+
+    def _write(self, args: tuple[object, ...], created: float) -> None:
+        """The line, stamped with when the answer ended (written up to a few ms later: see
+        web/after_answer.py). Made here rather than by logger.info: its search of the caller's
+        frame (the line would name aiohttp's, of no use) was a good part of a search's cost."""
+        logger = self.logger
         record = logger.makeRecord(
             logger.name, logging.INFO, _NO_FILE, 0, _ACCESS_LINE, args, None, _NO_FUNCTION
         )
+        record.created = created
+        record.msecs = (created - int(created)) * 1000
         logger.handle(record)
+
+
+def _app_of(request: web.BaseRequest) -> web.Application | None:
+    """The app that routed ``request``; None for one refused before routing."""
+    try:
+        return request.app  # type: ignore[attr-defined, no-any-return]
+    except (AttributeError, AssertionError):
+        return None
 
 
 _ACCESS_LINE = '%s "%s %s" %d %d %.1fms %s'

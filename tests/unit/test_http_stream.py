@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from ncpeh_dicomweb.backends.http_stream import parse_head, stream_get
+from ncpeh_dicomweb.backends.http_stream import Body, parse_head, stream_get
 from ncpeh_dicomweb.errors import BackendError, BackendTimeout, BackendUnreachable
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -201,7 +201,11 @@ def test_only_http_urls() -> None:
 
 
 def test_parse_head() -> None:
-    assert parse_head(b"HTTP/1.0 503 Busy\r\nRetry-After: 7") == (503, {"retry-after": "7"})
+    assert parse_head(b"HTTP/1.1 503 Busy\r\nRetry-After: 7") == (503, {"retry-after": "7"})
+    # An HTTP/1.0 connection ends with its answer unless it says keep-alive (RFC 9112 9.3).
+    assert parse_head(b"HTTP/1.0 200 OK\r\nX: 1") == (200, {"x": "1", "connection": "close"})
+    kept = b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive"
+    assert parse_head(kept) == (200, {"connection": "Keep-Alive"})
 
 
 async def test_a_span_leaves_its_bytes_in_the_socket_until_taken(
@@ -262,3 +266,111 @@ async def test_no_span_of_a_chunked_body(serve: Callable[[Answer], Awaitable[str
     async with stream_get(url, {}, connect_timeout=2, read_timeout=5) as resp:
         assert resp.body.span(1) is None
         assert [bytes(b) async for b in resp.body] == [b"hello"]
+
+
+def _paced(*writes: bytes, pause: float = 0.02, close: bool = True) -> Answer:
+    """An answer written as these pieces, ``pause`` apart; kept open after them unless
+    ``close`` (a server that ignores ``Connection: close``)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for piece in writes:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(pause)
+        if not close:
+            await reader.read()  # until the client leaves
+
+    return answer
+
+
+async def _pieces(url: str) -> list[bytes]:
+    async with stream_get(url, {}, connect_timeout=2, read_timeout=2) as resp:
+        return [bytes(piece) async for piece in resp.body]
+
+
+async def test_a_part_written_in_small_pieces_wakes_the_reader_once(
+    serve: Callable[[Answer], Awaitable[str]],
+) -> None:
+    """A PACS writes a part's delimiter, its headers and its body apart (Orthanc does): the
+    reader is woken once 64 kB are there, not for each write (SO_RCVLOWAT)."""
+    body = os.urandom(100_000)
+    url = await serve(
+        _paced(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b"\r\n", b"--b\r\nX: y\r\n\r\n", body
+        )
+    )
+    pieces = await _pieces(url)
+    assert b"".join(pieces) == b"\r\n--b\r\nX: y\r\n\r\n" + body
+    assert len(pieces) <= 2, [len(p) for p in pieces]  # 3 or more if woken for each write
+
+
+async def test_a_content_length_body_s_short_tail_is_not_waited_for(
+    serve: Callable[[Answer], Awaitable[str]],
+) -> None:
+    """The end of a Content-Length body comes in as it is written, even short of 64 kB and
+    with the connection kept open: the reader never waits for bytes that cannot come."""
+    url = await serve(
+        _paced(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 70010\r\n\r\n",
+            b"a" * 70_000,
+            b"b" * 10,
+            close=False,
+        )
+    )
+    started = asyncio.get_running_loop().time()
+    assert b"".join(await _pieces(url)) == b"a" * 70_000 + b"b" * 10
+    assert asyncio.get_running_loop().time() - started < 1.0  # not the 2 s read timeout
+
+
+async def test_a_chunked_body_s_last_chunk_is_not_waited_for(
+    serve: Callable[[Answer], Awaitable[str]],
+) -> None:
+    """A chunked body's last chunk and terminator are read as they come (the server keeps
+    the connection open): a chunked body sets no low-water mark."""
+    url = await serve(
+        _paced(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"3\r\nabc\r\n",
+            b"0\r\n\r\n",
+            close=False,
+        )
+    )
+    started = asyncio.get_running_loop().time()
+    assert b"".join(await _pieces(url)) == b"abc"
+    assert asyncio.get_running_loop().time() - started < 1.0
+
+
+class _Levels:
+    """Stands for a Connection: records the wake levels a Body asks for."""
+
+    def __init__(self) -> None:
+        self.levels: list[int] = []
+
+    def wake_at(self, size: int) -> None:
+        self.levels.append(size)
+
+
+@pytest.mark.parametrize(
+    ("headers", "reads", "levels"),
+    [
+        # The level is never above what is still to come: the tail of a Content-Length
+        # body, short of 64 kB, wakes the reader (some kernels would not, on their own).
+        (
+            {"content-length": "200000"},
+            [100_000, 60_000, 30_000, 10_000],
+            [65536, 40_000, 10_000, 0],
+        ),
+        ({"content-length": "1000"}, [1000], [1000, 0]),
+        ({}, [100_000, 100_000], [65536]),  # until the end: the end wakes it
+        ({"transfer-encoding": "chunked"}, [], []),  # its last chunk may be followed by nothing
+    ],
+)
+def test_the_wake_level_never_waits_past_the_body(
+    headers: dict[str, str], reads: list[int], levels: list[int]
+) -> None:
+    connection = _Levels()
+    body = Body(connection, headers, b"", wake_at=65536)  # type: ignore[arg-type]
+    for size in reads:
+        if body.remaining >= 0:
+            body.took(size)
+    assert connection.levels == levels
