@@ -104,7 +104,6 @@ class DicomWebBackend:
                 origin.port or 80,
                 max_connections=site.max_connections,
                 connect_timeout=site.connect_timeout,
-                read_timeout=site.search_timeout,
                 total_timeout=site.search_timeout,
                 max_body=_JSON_MOST,
             )

@@ -59,7 +59,6 @@ class KeepAliveClient:
         *,
         max_connections: int,
         connect_timeout: float,
-        read_timeout: float,
         total_timeout: float,
         max_body: int,
     ) -> None:
@@ -67,7 +66,6 @@ class KeepAliveClient:
         self._netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._slots = asyncio.Semaphore(max_connections)
         self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
         self._total_timeout = total_timeout
         self._max_body = max_body
         self._idle: list[tuple[Connection, float]] = []  # (connection, usable until)
@@ -114,9 +112,8 @@ class KeepAliveClient:
         return None
 
     async def _open(self) -> Connection:
-        connection = await connect(
-            self._host, self._port, self._connect_timeout, self._read_timeout
-        )
+        # No timeout of its own for each read: get() bounds the whole exchange.
+        connection = await connect(self._host, self._port, self._connect_timeout, None)
         self.opened += 1
         return connection
 

@@ -98,7 +98,9 @@ def request_bytes(target: str, host: str, headers: Mapping[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def connect(host: str, port: int, connect_timeout: float, read_timeout: float) -> Connection:
+async def connect(
+    host: str, port: int, connect_timeout: float, read_timeout: float | None
+) -> Connection:
     loop = asyncio.get_running_loop()
     sock: socket.socket | None = None
     try:
@@ -143,9 +145,10 @@ def _numeric(host: str, port: int) -> list[tuple[int, int, int, str, tuple[str, 
 
 
 class Connection:
-    """A non-blocking socket and the longest silence waited for on it."""
+    """A non-blocking socket and the longest silence waited for on it (None: the caller
+    bounds the whole exchange)."""
 
-    def __init__(self, sock: socket.socket, read_timeout: float) -> None:
+    def __init__(self, sock: socket.socket, read_timeout: float | None) -> None:
         self._sock = sock
         self._read_timeout = read_timeout
         self._loop = asyncio.get_running_loop()
@@ -167,8 +170,16 @@ class Connection:
 
     async def send(self, data: bytes) -> None:
         try:
+            sent = self._sock.send(data)  # a request fits the socket's buffer: no future
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            raise BackendError("the PACS connection broke") from None
+        if sent == len(data):
+            return
+        try:
             async with asyncio.timeout(self._read_timeout):
-                await self._loop.sock_sendall(self._sock, data)
+                await self._loop.sock_sendall(self._sock, data[sent:])
         except TimeoutError:
             raise BackendTimeout("the PACS did not take the request in time") from None
         except OSError:
@@ -199,8 +210,11 @@ class Connection:
         fd = self._sock.fileno()
         self._loop.add_reader(fd, _wake, waiter)
         try:
-            async with asyncio.timeout(self._read_timeout):
+            if self._read_timeout is None:
                 await waiter
+            else:
+                async with asyncio.timeout(self._read_timeout):
+                    await waiter
         except TimeoutError:
             raise BackendTimeout("the PACS did not answer in time") from None
         finally:
