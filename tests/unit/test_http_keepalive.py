@@ -172,6 +172,18 @@ def kept(reply: Callable[[bytes], bytes]) -> Handler:
     return handle
 
 
+def silent_after(sent: bytes) -> Handler:
+    """One request answered with ``sent`` (a head, part of a body), then silence until the
+    client closes the connection."""
+
+    async def handle(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(sent)
+        await peer.until_ended()
+
+    return handle
+
+
 def echo(request: bytes) -> bytes:
     return ok(b"answer to " + target(request))
 
@@ -466,12 +478,7 @@ async def test_a_content_length_over_max_body_is_refused_at_once(
     """Content-Length: max_body + 1: BackendError before any of the body is waited for (the
     server sends none of it), and the connection is closed."""
 
-    async def handle(peer: Peer) -> None:
-        await peer.request()
-        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1001\r\n\r\n")
-        await peer.until_ended()
-
-    server = await pacs(handle)
+    server = await pacs(silent_after(b"HTTP/1.1 200 OK\r\nContent-Length: 1001\r\n\r\n"))
     client = new_client(server.port, max_body=1000)
     with pytest.raises(BackendError, match="larger"):
         await asyncio.wait_for(client.get("/a", {}), 2)
@@ -623,12 +630,8 @@ async def test_a_silent_pacs_times_out(pacs: MakePacs, new_client: MakeClient) -
 async def test_a_pacs_stalling_mid_body_times_out(pacs: MakePacs, new_client: MakeClient) -> None:
     """Half a Content-Length body, then silence: BackendTimeout after total_timeout."""
 
-    async def stall(peer: Peer) -> None:
-        await peer.request()
-        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
-        await peer.until_ended()
-
-    server = await pacs(stall)
+    half = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"
+    server = await pacs(silent_after(half))
     client = new_client(server.port, total_timeout=0.3)
     with pytest.raises(BackendTimeout):
         await asyncio.wait_for(client.get("/a", {}), 3)
