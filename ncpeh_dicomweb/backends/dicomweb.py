@@ -11,6 +11,7 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -164,14 +165,7 @@ class DicomWebBackend:
         return found
 
     async def _qido(self, query: QidoQuery, scope: Scope, warnings: list[str]) -> list[DicomJson]:
-        path = _qido_path(query.level, scope)
-        params = to_params(query)
-        if query.limit is None:
-            params.append(("limit", str(_CANDIDATES)))
-        url = f"{self._root}/{path}"
-        if params:
-            url += "?" + encode_query(params)
-        body = await self._get_json(url)
+        body = await self._get_json(f"{self._root}/{_qido_target(query, scope)}")
         if query.limit is None and len(body) >= _CANDIDATES:
             warnings.append(
                 f"the search was narrowed to the first {_CANDIDATES} candidates the PACS "
@@ -507,6 +501,17 @@ def _labelled_frame(head: PartHead, outer: str) -> PartHead:
             headers["content-type"] = f"{media}; transfer-syntax={syntax}"
             return PartHead(headers)
     raise BackendError("the PACS sent a frame without saying its transfer syntax")
+
+
+# Viewers and clients repeat their searches (paging, polling): each is encoded once.
+@lru_cache(maxsize=256)  # as many as web/qido.py keeps parsed
+def _qido_target(query: QidoQuery, scope: Scope) -> str:
+    """The upstream path and query string of a search (below the site's root)."""
+    path = _qido_path(query.level, scope)
+    params = to_params(query)
+    if query.limit is None:
+        params.append(("limit", str(_CANDIDATES)))
+    return f"{path}?{encode_query(params)}" if params else path
 
 
 def _qido_path(level: Level, scope: Scope) -> str:

@@ -24,6 +24,7 @@ import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..errors import BackendError, BackendTimeout
 from .http_stream import Body, Connection, connect, read_head, request_bytes
@@ -154,6 +155,13 @@ class KeepAliveClient:
         self, connection: Connection, headers: Mapping[str, str], rest: bytearray
     ) -> tuple[bytes, bool]:
         """The body, and whether anything came after it (the connection is then not kept)."""
+        length = headers.get("content-length", "")
+        if length.isascii() and length.isdigit() and "transfer-encoding" not in headers:
+            size = int(length)
+            if size > self._max_body:
+                raise BackendError("the PACS's answer is larger than the gateway accepts")
+            if len(rest) >= size:  # the common answer: all of it came with its head
+                return bytes(rest[:size]), len(rest) > size
         body = Body(connection, headers, bytes(rest))
         if body.remaining > self._max_body:
             raise BackendError("the PACS's answer is larger than the gateway accepts")
@@ -178,10 +186,17 @@ class KeepAliveClient:
         )
         if not framed:  # read until the connection's end: it has ended
             return None
-        idle = _IDLE_MOST
-        if match := _KEEP_ALIVE_TIMEOUT.search(headers.get("keep-alive", "")):
-            idle = min(idle, int(match[1]) - _IDLE_MARGIN)
+        idle = _idle_for(headers.get("keep-alive", ""))
         return time.monotonic() + idle if idle > 0 else None
+
+
+@lru_cache(maxsize=64)  # a PACS sends the same Keep-Alive with every answer
+def _idle_for(keep_alive: str) -> float:
+    """How long a connection may stay idle, by the PACS's ``Keep-Alive`` header (RFC 2068
+    19.7.1.1) less a margin; at most :data:`_IDLE_MOST`."""
+    if match := _KEEP_ALIVE_TIMEOUT.search(keep_alive):
+        return min(_IDLE_MOST, int(match[1]) - _IDLE_MARGIN)
+    return _IDLE_MOST
 
 
 def _decoded(body: bytes, coding: str, most: int) -> bytes:

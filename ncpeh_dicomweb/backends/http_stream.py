@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -92,10 +93,13 @@ def _request(target: str, host: str, headers: Mapping[str, str]) -> bytes:
 def request_bytes(target: str, host: str, headers: Mapping[str, str]) -> bytes:
     """A GET's request line and header fields (RFC 9112 3, 5)."""
     fields = {"Host": host, **headers}
-    if any(c in "".join((target, *fields, *fields.values())) for c in "\r\n\0"):
+    if _UNSAFE.search("".join((target, *fields, *fields.values()))):
         raise ValueError("the request contains a line break or NUL")
     lines = [f"GET {target} HTTP/1.1", *(f"{name}: {value}" for name, value in fields.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+_UNSAFE = re.compile("[\r\n\0]")  # would end a request line or field early
 
 
 async def connect(
@@ -277,7 +281,7 @@ class Body:
             self._wake_at = 0
         else:
             length = headers.get("content-length", "").strip()
-            self.remaining = int(length) if length.isdigit() else -1
+            self.remaining = int(length) if length.isascii() and length.isdigit() else -1
             if wake_at:
                 connection.wake_at(wake_at if self.remaining < 0 else min(wake_at, self.remaining))
 

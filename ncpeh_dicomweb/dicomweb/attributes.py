@@ -35,10 +35,10 @@ class Level(enum.Enum):
     SERIES = "series"
     INSTANCE = "instance"
 
-    @property
-    def depth(self) -> int:
-        """0 for STUDY, 1 for SERIES, 2 for INSTANCE: a larger depth is a lower level."""
-        return ("study", "series", "instance").index(self.value)
+    def __init__(self, value: str) -> None:
+        # A plain attribute, not a property: searches compare depths per attribute returned.
+        #: 0 for STUDY, 1 for SERIES, 2 for INSTANCE: a larger depth is a lower level.
+        self.depth: int = ("study", "series", "instance").index(value)
 
 
 def _tags(*keywords: str) -> tuple[int, ...]:

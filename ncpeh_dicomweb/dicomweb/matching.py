@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from functools import lru_cache
 from typing import Any
 
 from .query import MatchKey, MatchKind, QidoQuery
@@ -40,6 +41,7 @@ _EXTENDED_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UN", "UT"})
 _STARS = re.compile(r"\*{2,}")
 
 
+@lru_cache(maxsize=1024)  # pure, and asked of every key of every search
 def loosen_for_upstream(key: MatchKey) -> MatchKey | None:
     """A wider key for a DICOMweb PACS, or None if ``key`` can go up as it is.
 
@@ -89,14 +91,19 @@ def unchecked_keys(datasets: Sequence[dict[str, Any]], query: QidoQuery) -> list
     answers (nothing to tell), for universal keys, and for names matched fuzzily."""
     if not datasets:
         return []
-    return [
-        key
+    return [key for key, tag in _checkable(query) if not any(tag in d for d in datasets)]
+
+
+@lru_cache(maxsize=256)
+def _checkable(query: QidoQuery) -> tuple[tuple[MatchKey, str], ...]:
+    """The keys :func:`unchecked_keys` looks for, each with its top attribute's JSON key."""
+    return tuple(
+        (key, f"{key.path[0]:08X}")
         for key in query.keys
         if key.kind is not MatchKind.UNIVERSAL
         and (key.level is None or key.level.depth <= query.level.depth)
         and not (query.fuzzymatching and key.vr == "PN")
-        and not any(f"{key.path[0]:08X}" in dataset for dataset in datasets)
-    ]
+    )
 
 
 def matches_all(dataset: dict[str, Any], keys: Iterable[MatchKey]) -> bool:

@@ -39,9 +39,14 @@ class MeteredBackend:
         self.inner = inner
         self._site = site
         self._requests = requests
+        self._counted: dict[tuple[str, str], Counter] = {}  # labels() looked up once each
 
     def _count(self, operation: str, outcome: str) -> None:
-        self._requests.labels(self._site, operation, outcome).inc()
+        key = (operation, outcome)
+        child = self._counted.get(key)
+        if child is None:
+            child = self._counted[key] = self._requests.labels(self._site, operation, outcome)
+        child.inc()
 
     async def search(self, query: QidoQuery, scope: Scope, base_url: str) -> SearchResult:
         try:

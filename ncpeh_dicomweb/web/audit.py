@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from ..dicomweb.part10 import Identity, identity_of
 from ..errors import GatewayError
 from ..fhir.tokens import patient_resource_id
 from ..security.audit import Access, AuditTrail, Patient, interaction_for, query_names
+from ..security.audit.events import uuid4_hex
 from .after_answer import defer
 from .forwarded import client_address, is_trusted
 from .keys import CLIENT_CERTIFICATE, PATIENT_BINDING, PRINCIPAL, REQUEST_ID, SETTINGS
@@ -71,7 +71,7 @@ def _request_id(request: web.Request) -> str:
     trusted = is_trusted(request.remote, request.app[SETTINGS].trusted_proxies)
     if trusted and _REQUEST_ID.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return uuid4_hex()
 
 
 @web.middleware

@@ -17,6 +17,7 @@ from ..dicomweb.query import QidoQuery, parse_qido
 from ..dicomweb.results import UID_TAGS, parents_needed, shaped, with_parents
 from ..dicomweb.uids import check_uid
 from ..errors import InvalidQuery, UriTooLong
+from .after_answer import defer
 from .audit import note_datasets
 from .auth import bound_search
 from .keys import SETTINGS, SiteContext, accept_of, site_context
@@ -38,18 +39,17 @@ async def _search(request: web.Request, level: Level) -> web.Response:
     raw = request.rel_url.raw_query_string
     if len(raw) > limits.max_query_string:
         raise UriTooLong(f"query string longer than {limits.max_query_string} characters")
-    query = _parsed(raw, level, limits.qido_max_results)
+    query, capped = _parsed(raw, level, limits.qido_max_results)
     warnings = list(query.warnings)
-    capped = query.limit is None
-    if capped:
-        query = replace(query, limit=limits.qido_max_results)
     # A patient-bound token: narrowed to its patient, and what the PACS answers filtered.
     result = await bound_search(request, context.backend, query, scope, context.base_url)
     warnings.extend(w for w in result.warnings if w not in warnings)
     scoped = Level.SERIES if scope.series else Level.STUDY if scope.study else None
     datasets = await _with_parents(context, result.datasets, level, scope, scoped)
     datasets = shaped(datasets, level, scoped)
-    note_datasets(request, datasets)  # the studies and (if one) patient, for the audit
+    # The studies and (if one) patient, for the audit: read from the answer once it is sent
+    # (the AuditEvent that reads them is queued after this, in the same lane).
+    defer(request.app, note_datasets, request, datasets)
     if capped and len(result.datasets) >= limits.qido_max_results:
         warnings.append(
             f"only the first {limits.qido_max_results} matches are returned; "
@@ -66,7 +66,8 @@ def _media_type(accept: str | None) -> str:
 
 
 @lru_cache(maxsize=256)
-def _parsed(raw: str, level: Level, max_limit: int) -> QidoQuery:
+def _parsed(raw: str, level: Level, max_limit: int) -> tuple[QidoQuery, bool]:
+    """The search, and whether it was capped at ``max_limit`` (it named no limit)."""
     # '+' as space, like the form encoding requests and browsers use (RFC 3986 says nothing).
     try:
         params = parse_qsl(raw, keep_blank_values=True, errors="strict")
@@ -75,7 +76,10 @@ def _parsed(raw: str, level: Level, max_limit: int) -> QidoQuery:
             "the query string is not valid UTF-8 once percent-decoded",
             detail={"parameter": "query"},
         ) from None
-    return parse_qido(params, level, max_limit=max_limit)
+    query = parse_qido(params, level, max_limit=max_limit)
+    if query.limit is None:
+        return replace(query, limit=max_limit), True
+    return query, False
 
 
 async def _with_parents(

@@ -112,9 +112,20 @@ def test_parsed_is_parse_qido() -> None:
         max_limit=1000,
     )
     for _ in range(2):
-        got = _parsed(raw, Level.STUDY, 1000)
+        got, capped = _parsed(raw, Level.STUDY, 1000)
         assert got == want
         assert got.warnings == want.warnings
+        assert not capped
+
+
+def test_a_search_without_limit_is_capped() -> None:
+    want = parse_qido([("PatientID", "P")], Level.SERIES, max_limit=1000)
+    assert want.limit is None
+    for _ in range(2):
+        got, capped = _parsed("PatientID=P", Level.SERIES, 1000)
+        assert capped
+        assert got.limit == 1000
+        assert got.keys == want.keys
 
 
 def test_a_bad_query_is_refused_every_time() -> None:

@@ -62,6 +62,7 @@ __all__ = [
     "audit_event",
     "interaction_for",
     "query_names",
+    "uuid4_hex",
 ]
 
 #: How a streamed response ended; the values of ``web.streaming.StreamOutcome``.
@@ -303,13 +304,18 @@ def _network_type(address: str) -> str:
         return "5" if _URI.match(address) else "1"
 
 
-def _uuid4() -> str:
-    """A random (version 4) UUID in its canonical form, as ``str(uuid.uuid4())`` without the
-    UUID object (made for every event)."""
+def uuid4_hex() -> str:
+    """A random (version 4) UUID as 32 hex digits, as ``uuid.uuid4().hex`` without the UUID
+    object (made for every request and every event)."""
     raw = bytearray(os.urandom(16))
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
-    h = raw.hex()
+    return raw.hex()
+
+
+def _uuid4() -> str:
+    """A random (version 4) UUID in its canonical form, as ``str(uuid.uuid4())``."""
+    h = uuid4_hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
