@@ -26,6 +26,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum, auto
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Final
 
@@ -491,7 +492,7 @@ class MultipartReader:
         end = match.end()
         if end - pos > limit:
             raise MultipartError(f"part header section larger than {limit} bytes")
-        return _decode_headers(buf[pos : match.start()]), end
+        return _decode_headers(bytes(buf[pos : match.start()])), end
 
 
 def _declared_length(headers: Mapping[str, str]) -> int:
@@ -500,7 +501,10 @@ def _declared_length(headers: Mapping[str, str]) -> int:
     return int(value) if value.isdigit() and value.isascii() and len(value) < 19 else -1
 
 
-def _decode_headers(raw: bytes | bytearray) -> Mapping[str, str]:
+# A study's parts mostly repeat one header section (same type, same size): decoded once. The
+# mapping is read-only, so parts may share it.
+@lru_cache(maxsize=128)
+def _decode_headers(raw: bytes) -> Mapping[str, str]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -18,6 +18,7 @@ import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -99,9 +100,17 @@ class _Shape:
         )
 
     def part_header(self, boundary: str, headers: Mapping[str, str], first: bool) -> bytes:
-        named = dict(headers)
-        named.setdefault("content-type", self.part_type)
-        return multipart.part_header(boundary, _titled(named), first=first)
+        return _part_header(boundary, tuple(headers.items()), self.part_type, first)
+
+
+# A study's parts mostly carry the same headers (type, size): each distinct head is made once.
+@lru_cache(maxsize=256)
+def _part_header(
+    boundary: str, headers: tuple[tuple[str, str], ...], part_type: str, first: bool
+) -> bytes:
+    named = dict(headers)
+    named.setdefault("content-type", part_type)
+    return multipart.part_header(boundary, _titled(named), first=first)
 
 
 async def _claimed(
