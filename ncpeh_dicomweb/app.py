@@ -92,9 +92,7 @@ def create_app(settings: Settings) -> web.Application:
     if authenticator is not None:
         app.on_cleanup.append(lambda _: authenticator.close())
     app.on_shutdown.append(_cut_streams)
-    app.on_response_prepare.append(add_cors_headers)
-    app.on_response_prepare.append(add_request_id)
-    app.on_response_prepare.append(add_server_header)  # no Python/aiohttp versions
+    app.on_response_prepare.append(_answer_headers)
     for prefix in _PREFIXES:
         app.add_routes(qido.routes(prefix))
         app.add_routes(wado.routes(prefix))
@@ -110,6 +108,14 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(metrics.routes())
     app.add_routes(viewer.routes(settings))  # OHIF at /viewer/, if configured
     return app
+
+
+async def _answer_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``, as one hook (each is a coroutine per answer): CORS, the
+    request id, and our ``Server`` header (no Python or aiohttp versions)."""
+    add_cors_headers(request, response)
+    add_request_id(request, response)
+    add_server_header(request, response)
 
 
 async def _cut_streams(app: web.Application) -> None:

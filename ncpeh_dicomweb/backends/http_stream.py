@@ -26,6 +26,8 @@ import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import lru_cache
+from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from ..errors import BackendError, BackendTimeout, BackendUnreachable
@@ -368,6 +370,9 @@ async def read_head(
     return status, headers, data[end + 4 :]
 
 
+# A PACS answering the same search sends the same head (Orthanc sends no Date): parsed once.
+# The mapping is read-only, so answers may share it.
+@lru_cache(maxsize=128)
 def parse_head(head: bytes) -> tuple[int, Mapping[str, str]]:
     """An HTTP/1.1 response's status line and header fields (RFC 9112 4, 5)."""
     status_line, *lines = head.decode("latin-1").split("\r\n")
@@ -385,7 +390,7 @@ def parse_head(head: bytes) -> tuple[int, Mapping[str, str]]:
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     if version == "HTTP/1.0" and "keep-alive" not in headers.get("connection", "").lower():
         headers["connection"] = "close"  # an HTTP/1.0 connection ends with its answer
-    return int(code), headers
+    return int(code), MappingProxyType(headers)
 
 
 async def _dechunked(connection: Connection, buffer: bytearray) -> AsyncIterator[bytearray]:

@@ -43,29 +43,32 @@ def rewrite_urls(datasets: Iterable[dict[str, Any]], rewrite: UrlMap) -> None:
 
 
 def _rewrite_dataset(dataset: dict[str, Any], rewrite: UrlMap) -> None:
+    # Most elements are neither: tested by membership first (every search answer walks this).
     for tag, element in dataset.items():
         if not isinstance(element, dict):
             continue
-        uri = element.get("BulkDataURI")
-        if isinstance(uri, str):
-            new = rewrite(uri)
+        if "BulkDataURI" in element:
+            uri = element["BulkDataURI"]
+            new = rewrite(uri) if isinstance(uri, str) else uri
             if new is None:
                 del element["BulkDataURI"]
             else:
                 element["BulkDataURI"] = new
-        values = element.get("Value")
-        if not isinstance(values, list):
-            continue
         if tag == RETRIEVE_URL:
+            values = element.get("Value")
+            if not isinstance(values, list):
+                continue
             kept = [new for v in values if isinstance(v, str) and (new := rewrite(v)) is not None]
             if kept:
                 element["Value"] = kept
             else:
                 del element["Value"]
         elif element.get("vr") == "SQ":
-            for item in values:
-                if isinstance(item, dict):
-                    _rewrite_dataset(item, rewrite)
+            values = element.get("Value")
+            if isinstance(values, list):
+                for item in values:
+                    if isinstance(item, dict):
+                        _rewrite_dataset(item, rewrite)
 
 
 def first_value(dataset: dict[str, Any], tag: str) -> Any:

@@ -106,20 +106,27 @@ _FITTING_MAX = 4096
 
 
 @lru_cache(maxsize=64)
+def _required_tags(level: Level, scoped: Level | None) -> tuple[str, ...]:
+    """The attributes each result of a search must carry (its parents' first)."""
+    return tuple(tag for lv in (*parent_levels(level, scoped), level) for tag in REQUIRED[lv])
+
+
+@lru_cache(maxsize=64)
 def _required(level: Level, scoped: Level | None) -> frozenset[str]:
-    return frozenset(tag for lv in (*parent_levels(level, scoped), level) for tag in REQUIRED[lv])
+    return frozenset(_required_tags(level, scoped))
 
 
-def parent_levels(level: Level, scoped: Level | None) -> list[Level]:
+@lru_cache(maxsize=16)  # 3 levels x 3 scopes; asked twice by every search
+def parent_levels(level: Level, scoped: Level | None) -> tuple[Level, ...]:
     """The levels above ``level`` whose attributes each result carries (PS3.18 10.6.3.3.2-3):
     the study's for all series; the study's and series' for all instances; the series' for a
     study's instances. ``scoped`` is the level the search is under (``/studies/{s}/...``:
     STUDY, ``.../series/{se}/...``: SERIES), None at the root."""
     if scoped is None:
-        return [lv for lv in Level if lv.depth < level.depth]
+        return tuple(lv for lv in Level if lv.depth < level.depth)
     if level is Level.INSTANCE and scoped is Level.STUDY:
-        return [Level.SERIES]
-    return []
+        return (Level.SERIES,)
+    return ()
 
 
 def parents_needed(
@@ -157,8 +164,6 @@ def shaped(
     """Each result without attributes of a lower level than ``level``, and with every required
     attribute of its level and of :func:`parent_levels` (empty if the PACS gave none); a
     result that had to change is put in tag order."""
-    levels = [*parent_levels(level, scoped), level]
-    required = [tag for lv in levels for tag in REQUIRED[lv]]
     present = _required(level, scoped)
     out = []
     for dataset in datasets:
@@ -166,7 +171,7 @@ def shaped(
             out.append(dataset)  # the common case, as the PACS sent it: nothing to do
             continue
         kept = {k: v for k, v in dataset.items() if not _too_low(k, level)}
-        for tag in required:
+        for tag in _required_tags(level, scoped):
             if tag not in kept:
                 vr = vr_of(int(tag, 16))
                 kept[tag] = {"vr": vr or "UN"}

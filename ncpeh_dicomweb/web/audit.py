@@ -94,8 +94,9 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
         _record(request, request_id, start, status)
 
 
-async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """``X-Request-ID`` on every answer, streamed ones too (an ``on_response_prepare`` hook)."""
+def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``X-Request-ID`` on every answer, streamed ones too (the app's
+    ``on_response_prepare`` hook calls it)."""
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["X-Request-ID"] = request_id

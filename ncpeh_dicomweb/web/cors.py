@@ -46,8 +46,9 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return web.Response(status=204, headers=headers)
 
 
-async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: every answer to an allowed origin, streamed ones included."""
+def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer to an allowed origin, streamed ones included (the app's
+    ``on_response_prepare`` hook calls it)."""
     if not request.app[SETTINGS].cors_origins:
         return
     response.headers.add("Vary", "Origin")

@@ -79,9 +79,9 @@ class RequestTimeout(GatewayError):
     code = "request-timeout"
 
 
-async def add_server_header(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: our ``Server`` header instead of aiohttp's (Python and aiohttp
-    versions)."""
+def add_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Our ``Server`` header instead of aiohttp's (Python and aiohttp versions); the app's
+    ``on_response_prepare`` hook calls it."""
     response.headers[hdrs.SERVER] = SERVER_NAME
 
 

@@ -56,12 +56,12 @@ def test_required_attributes_are_present_empty_if_unknown_and_in_tag_order() -> 
 
 
 def test_which_parents_a_search_carries() -> None:
-    assert parent_levels(Level.STUDY, None) == []
-    assert parent_levels(Level.SERIES, None) == [Level.STUDY]
-    assert parent_levels(Level.SERIES, Level.STUDY) == []
-    assert parent_levels(Level.INSTANCE, None) == [Level.STUDY, Level.SERIES]
-    assert parent_levels(Level.INSTANCE, Level.STUDY) == [Level.SERIES]
-    assert parent_levels(Level.INSTANCE, Level.SERIES) == []
+    assert parent_levels(Level.STUDY, None) == ()
+    assert parent_levels(Level.SERIES, None) == (Level.STUDY,)
+    assert parent_levels(Level.SERIES, Level.STUDY) == ()
+    assert parent_levels(Level.INSTANCE, None) == (Level.STUDY, Level.SERIES)
+    assert parent_levels(Level.INSTANCE, Level.STUDY) == (Level.SERIES,)
+    assert parent_levels(Level.INSTANCE, Level.SERIES) == ()
 
 
 def test_parents_are_asked_only_when_the_pacs_left_them_out() -> None:
