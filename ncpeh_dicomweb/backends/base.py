@@ -138,6 +138,11 @@ class BodySpan(ABC):
         while self.left:
             yield await self.read(min(self.left, 1 << 20))
 
+    async def drop(self) -> None:
+        """Read and drop what its taker left (the prefix is read already)."""
+        while self.left:
+            await self.read(min(self.left, 1 << 20))
+
 
 RetrieveEvent = PartHead | bytes | memoryview | BodySpan
 

@@ -47,6 +47,7 @@ __all__ = ["DicomWebBackend"]
 log = logging.getLogger(__name__)
 
 _UPSTREAM_BUFFER = 4 << 20  # bytes read ahead from the PACS per response (bounded)
+_DATA = (bytes, memoryview)  # a part's bytes among the events (a tuple: no union per test)
 _SPAN_MIN = 64 * 1024  # a part's body left at least this long is offered as a BodySpan
 _AFTER_SPAN_READ = 4096  # a part's head and its File Meta, what labelling needs
 _STREAM_RECV = 1 << 20  # the most one socket read of a retrieve takes (asyncio's is 256 kB)
@@ -222,7 +223,7 @@ class DicomWebBackend:
                         start = len(out)
                         while start and not isinstance(out[start - 1], PartHead):
                             start -= 1
-                        prefix = [e for e in out[start:] if isinstance(e, bytes | memoryview)]
+                        prefix = [e for e in out[start:] if isinstance(e, _DATA)]
                         span = chunks.span(left, prefix)
                         if span is not None:
                             reader.skip_body(left)
@@ -231,8 +232,7 @@ class DicomWebBackend:
                         yield event
                     if span is not None:
                         yield span
-                        async for _ in span.chunks():  # what its taker left: dropped
-                            pass
+                        await span.drop()  # what its taker left
                     if isinstance(chunks, Body):
                         # After a span, only the next part's head is needed before its own.
                         chunks.read_size = _AFTER_SPAN_READ if span else _STREAM_RECV

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import socket
 from collections.abc import Iterator
 from types import TracebackType
 
@@ -36,6 +37,7 @@ _CRLF = b"\r\n"
 _PIPE_SIZE = 1 << 20  # Linux's default most for an unprivileged process
 _CAN_SPLICE = hasattr(os, "splice")  # Linux: elsewhere spans are read
 _SPLICE = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_SPLICE_MORE = getattr(os, "SPLICE_F_MORE", 0)  # more of the chunk follows: no push yet
 
 Piece = bytes | memoryview
 
@@ -50,6 +52,7 @@ class ChunkWriter:
         "_pipe",
         "_pipe_size",
         "_response",
+        "_sock",
         "_started",
         "_transport",
         "_writer",
@@ -60,6 +63,7 @@ class ChunkWriter:
         self._writer = request.writer
         self._transport: asyncio.Transport | None = None
         self._fd = -1
+        self._sock: socket.socket | None = None  # a duplicate of the client's, for sendmsg
         self._started = False
         self._pipe: tuple[int, int] | None = None  # for spans, made for the first
         self._pipe_size = 0
@@ -74,6 +78,7 @@ class ChunkWriter:
             if sock is not None:
                 self._transport = transport
                 self._fd = sock.fileno()
+                self._sock = socket.socket(fileno=os.dup(self._fd))
 
     def __enter__(self) -> ChunkWriter:
         return self
@@ -88,6 +93,9 @@ class ChunkWriter:
             for end in self._pipe:
                 os.close(end)
             self._pipe = None
+        if self._sock is not None:
+            self._sock.close()  # the duplicate only: the client's socket is the transport's
+            self._sock = None
 
     async def write(self, *pieces: Piece) -> None:
         """One chunk made of ``pieces`` (a part's header and its body's start, say)."""
@@ -120,15 +128,16 @@ class ChunkWriter:
         size = len(head) + span.size
         self._check_open(transport)
         size_line = b"%x\r\n" % size
-        self._send(transport, (size_line, head, *span.prefix))
+        self._send(transport, (size_line, head, *span.prefix), more=True)
         pipe_r, pipe_w = self._pipe or self._open_pipe()
         while span.left:
             await self._drained(transport)  # nothing queued: what is spliced keeps its place
             moved = await span.into_pipe(pipe_w, min(span.left, self._pipe_size))
             self._check_open(transport)  # its socket may be gone while we waited
+            flags = _SPLICE | _SPLICE_MORE if span.left else _SPLICE
             while moved:
                 try:
-                    moved -= os.splice(pipe_r, self._fd, moved, flags=_SPLICE)
+                    moved -= os.splice(pipe_r, self._fd, moved, flags=flags)
                 except BlockingIOError:  # the client's socket is full: queue the rest
                     transport.write(_read_exactly(pipe_r, moved))
                     moved = 0
@@ -154,15 +163,22 @@ class ChunkWriter:
         if transport.is_closing():
             raise ConnectionResetError("the client went away")
 
-    def _send(self, transport: asyncio.Transport, pieces: tuple[Piece, ...]) -> None:
-        """``pieces`` to the socket at once if nothing is queued, else queued behind."""
+    def _send(
+        self, transport: asyncio.Transport, pieces: tuple[Piece, ...], *, more: bool = False
+    ) -> None:
+        """``pieces`` to the socket at once if nothing is queued, else queued behind.
+        ``more``: a span's bytes follow at once (MSG_MORE: sent with them, not as a segment of
+        their own that wakes the client for a few kB)."""
         if self._pending:
             pieces = (self._pending, *pieces)
             self._pending = b""
         sent = 0
         if not transport.get_write_buffer_size():
             try:
-                sent = os.writev(self._fd, pieces)
+                if more and self._sock is not None:
+                    sent = self._sock.sendmsg(pieces, (), socket.MSG_MORE)
+                else:
+                    sent = os.writev(self._fd, pieces)
             except (BlockingIOError, InterruptedError):
                 sent = 0
         for rest in _after(pieces, sent):

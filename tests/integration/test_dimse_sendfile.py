@@ -225,7 +225,8 @@ async def test_a_transcoded_answer_still_streams(
         f"/instances/{series['instances'][0]}"
     )
     client = await _gateway(aiohttp_client, pacs, cache_dir, tmp_path)
-    stored, stored_body = await _get(client, one)  # cached now, if it was not
+    await _get(client, one)  # cached now, if it was not (this test may run alone)
+    stored, stored_body = await _get(client, one)
     ((stored_headers, _),) = _parts(stored.headers["Content-Type"], stored_body)
     assert stored.headers["Content-Length"] == str(len(stored_body))
     assert stored_headers["content-type"].endswith(f"transfer-syntax={ExplicitVRLittleEndian}")
