@@ -2,9 +2,10 @@
 with 1 client and with 32 concurrent clients; errors counted; request rate at 32 clients.
 
 The client is aiohttp with keep-alive (one connection per concurrent client), in the bench
-process. Rounds alternate direct and gateway so that both see the same machine. A request is an
-error if it fails, is not 200, or its body is not as long as the first answer of that search
-(for that target) was.
+process. With one client, direct and the gateway take turns request by request (the order of
+each pair alternating), so that both are timed on the machine as it is in the same instants;
+with 32, rounds alternate blocks of direct and gateway. A request is an error if it fails, is
+not 200, or its body is not as long as the first answer of that search (for that target) was.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Tally:
     errors: int = 0
     seconds: float = 0.0  # wall time of the runs
     server_cpu: float = 0.0  # CPU seconds of the server (the gateway's; 0: not measured)
+    client_cpu: float = 0.0  # CPU seconds of this process making the requests
 
     def summary(self) -> dict[str, Any]:
         done = len(self.latencies)
@@ -105,6 +107,51 @@ async def run_clients(
     return tally
 
 
+async def run_paired(
+    urls: dict[str, str],
+    *,
+    requests: int,
+    seconds: float,
+    wants: dict[str, int | None],
+) -> dict[str, Tally]:
+    """One keep-alive client per target (direct, gateway), taking turns request by request,
+    the order of each pair alternating: both are timed on the machine as it is in the same
+    instants, so a shared machine's drift between two blocks of requests cannot pass for a
+    difference between the targets. Until ``requests`` pairs are made or ``seconds`` are over
+    (at least one pair)."""
+    targets = list(urls)
+    tallies = {t: Tally() for t in targets}
+    timeout = aiohttp.ClientTimeout(total=60)
+    sessions = {
+        t: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=timeout)
+        for t in targets
+    }
+    try:
+        for t in targets:
+            await _one(sessions[t], urls[t], wants[t])  # connect
+        started = time.perf_counter()
+        deadline = started + seconds
+        pairs = 0
+        while pairs < requests and (pairs == 0 or time.perf_counter() < deadline):
+            order = targets if pairs % 2 == 0 else targets[::-1]
+            for t in order:
+                cpu = _client_cpu()
+                elapsed, ok = await _one(sessions[t], urls[t], wants[t])
+                tallies[t].client_cpu += _client_cpu() - cpu
+                if ok:
+                    tallies[t].latencies.append(elapsed)
+                else:
+                    tallies[t].errors += 1
+            pairs += 1
+        spent = time.perf_counter() - started
+        for tally in tallies.values():
+            tally.seconds = spent / len(targets)  # each had about its share of the time
+    finally:
+        for session in sessions.values():
+            await session.close()
+    return tallies
+
+
 def _client_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -126,28 +173,44 @@ async def measure(
     wants = {(t, s): await _reference(roots[t] + p) for t in roots for s, p in paths.items()}
     tallies: dict[tuple[str, int, str], Tally] = {}
     client_cpu: dict[tuple[str, int], float] = {}
+
+    def add(search: str, clients: int, target: str, got: Tally, served: float) -> None:
+        tally = tallies.setdefault((search, clients, target), Tally())
+        if target == "gateway" and gateway_pids:
+            tally.server_cpu += cpu_seconds(gateway_pids) - served
+        tally.latencies += got.latencies
+        tally.errors += got.errors
+        tally.seconds += got.seconds
+        key = (target, clients)
+        client_cpu[key] = client_cpu.get(key, 0.0) + got.client_cpu
+
     for _round in range(rounds):
-        for clients in (1, concurrent):
-            for target, root in roots.items():
-                for search, path in paths.items():
-                    cpu = _client_cpu()
-                    served = cpu_seconds(gateway_pids or [])
-                    got = await run_clients(
-                        root + path,
-                        clients,
-                        requests=single_requests // rounds if clients == 1 else None,
-                        seconds=(single_seconds if clients == 1 else concurrent_seconds) / rounds,
-                        want=wants[target, search],
-                        at_least=1 if clients == 1 else 2,
-                    )
-                    key = (target, clients)
-                    client_cpu[key] = client_cpu.get(key, 0.0) + _client_cpu() - cpu
-                    tally = tallies.setdefault((search, clients, target), Tally())
-                    if target == "gateway" and gateway_pids:
-                        tally.server_cpu += cpu_seconds(gateway_pids) - served
-                    tally.latencies += got.latencies
-                    tally.errors += got.errors
-                    tally.seconds += got.seconds
+        # One client: the targets take turns request by request. The gateway idles while
+        # direct is asked, so its CPU over the pairs is its searches'.
+        for search, path in paths.items():
+            served = cpu_seconds(gateway_pids or [])
+            paired = await run_paired(
+                {t: root + path for t, root in roots.items()},
+                requests=single_requests // rounds,
+                seconds=single_seconds / rounds,
+                wants={t: wants[t, search] for t in roots},
+            )
+            for target, got in paired.items():
+                add(search, 1, target, got, served)
+        for target, root in roots.items():
+            for search, path in paths.items():
+                cpu = _client_cpu()
+                served = cpu_seconds(gateway_pids or [])
+                got = await run_clients(
+                    root + path,
+                    concurrent,
+                    requests=None,
+                    seconds=concurrent_seconds / rounds,
+                    want=wants[target, search],
+                    at_least=2,
+                )
+                got.client_cpu = _client_cpu() - cpu
+                add(search, concurrent, target, got, served)
     out: dict[str, Any] = {}
     for (search, clients, target), tally in tallies.items():
         out.setdefault(search, {}).setdefault(f"c{clients}", {})[target] = tally.summary()
