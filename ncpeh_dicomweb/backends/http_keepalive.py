@@ -115,6 +115,7 @@ class KeepAliveClient:
     async def _open(self) -> Connection:
         # No timeout of its own for each read: get() bounds the whole exchange.
         connection = await connect(self._host, self._port, self._connect_timeout, None)
+        connection.keep_watch()  # registered once for its life: no peek, no (un)registering
         self.opened += 1
         return connection
 
@@ -147,6 +148,7 @@ class KeepAliveClient:
         if reusable is None:
             connection.close()
         else:
+            connection.rest()
             self._idle.append((connection, reusable))
         coding = headers.get("content-encoding", "")
         return Answer(status, headers, _decoded(body, coding, self._max_body))

@@ -161,6 +161,10 @@ class Connection:
         self._low_water = 1
         self._waiter: asyncio.Future[None] | None = None  # a read waiting for data
         self._closed = False
+        # keep_watch(): registered with the loop for the connection's life, not per wait.
+        self._watching = False
+        self._resting = False  # kept idle between two exchanges (watched connections)
+        self._stirred = False  # readable while resting: closed by the peer, or bytes unasked
 
     def wake_at(self, size: int) -> None:
         """Wait for a read only until ``size`` bytes are there, or the connection's end
@@ -211,7 +215,49 @@ class Connection:
             except OSError:
                 raise BackendError("the PACS connection broke") from None
 
+    def keep_watch(self) -> None:
+        """Stay registered with the loop from now on (a kept-alive connection): a wait for
+        data costs no registration of its own, and a close by the peer or bytes nobody asked
+        for while the connection rests are seen as they come, not by a peek at reuse."""
+        if not self._watching and not self._closed:
+            self._watching = True
+            self._loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    def rest(self) -> None:
+        """The connection is idle until :meth:`still_open` takes it again."""
+        self._resting = True
+
+    def _on_readable(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self._resting and self._peer_spoke():
+            # Nothing may come while it rests: it is done for. Unwatched at once, or a level-
+            # triggered loop would call this on every turn until the connection is dropped.
+            # (Peeked first: the loop may report a readiness the last read has consumed.)
+            self._stirred = True
+            self._unwatch()
+
+    def _peer_spoke(self) -> bool:
+        """Whether the peer closed the connection or sent something (a non-blocking peek)."""
+        try:
+            self._sock.recv(1, socket.MSG_PEEK)  # b"": closed; bytes: nobody asked for them
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass
+        return True
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._watching = False
+            self._loop.remove_reader(self._sock.fileno())
+
     async def _readable(self) -> None:
+        if self._watching:
+            await self._watched()
+            return
         waiter = self._waiter = self._loop.create_future()
         fd = self._sock.fileno()
         self._loop.add_reader(fd, _wake, waiter)
@@ -228,16 +274,27 @@ class Connection:
             if not self._closed:  # closed: its number may be another socket's by now
                 self._loop.remove_reader(fd)
 
+    async def _watched(self) -> None:
+        waiter = self._waiter = self._loop.create_future()
+        try:
+            if self._read_timeout is None:
+                await waiter
+            else:
+                async with asyncio.timeout(self._read_timeout):
+                    await waiter
+        except TimeoutError:
+            raise BackendTimeout("the PACS did not answer in time") from None
+        finally:
+            self._waiter = None
+
     def still_open(self) -> bool:
         """Whether an idle connection may be used again: the peer has not closed it, nor sent
-        anything unasked (one non-blocking peek)."""
-        try:
-            self._sock.recv(1, socket.MSG_PEEK)  # b"": closed; bytes: nobody asked for them
-        except BlockingIOError:
-            return True  # nothing to read: open and quiet
-        except OSError:
-            pass
-        return False
+        anything unasked (seen by the loop for a watched one, else by a non-blocking peek).
+        True takes it out of its rest."""
+        if self._watching or self._stirred:
+            self._resting = False
+            return not self._stirred
+        return not self._peer_spoke()
 
     def close(self) -> None:
         """Close the socket; a read waiting on it fails at once (502)."""
@@ -245,7 +302,11 @@ class Connection:
             return
         self._closed = True
         waiter = self._waiter
-        if waiter is not None:
+        if self._watching:
+            self._unwatch()  # before the number can be reused
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(BackendError("the connection to the PACS was closed"))
+        elif waiter is not None:
             self._loop.remove_reader(self._sock.fileno())  # before the number can be reused
             if not waiter.done():
                 waiter.set_exception(BackendError("the connection to the PACS was closed"))

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from ncpeh_dicomweb.backends.http_stream import Body, parse_head, stream_get
+from ncpeh_dicomweb.backends.http_stream import Body, Connection, parse_head, stream_get
 from ncpeh_dicomweb.errors import BackendError, BackendTimeout, BackendUnreachable
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -374,3 +375,69 @@ def test_the_wake_level_never_waits_past_the_body(
         if body.remaining >= 0:
             body.took(size)
     assert connection.levels == levels
+
+
+# ---------------------------------------------------------------- watched (kept-alive) connections
+
+
+def _watched_pair() -> tuple[Connection, socket.socket]:
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    connection = Connection(ours, None)
+    connection.keep_watch()
+    return connection, peer
+
+
+async def test_a_resting_connection_the_peer_closes_is_dropped_as_it_happens() -> None:
+    """Seen by the loop when it happens (not by a peek at reuse), and unregistered at once:
+    a level-triggered loop would otherwise call back on every turn."""
+    connection, peer = _watched_pair()
+    fd = connection._sock.fileno()
+    connection.rest()
+    assert connection.still_open()
+    connection.rest()
+    peer.close()
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    assert not loop.remove_reader(fd)  # no longer registered
+    assert not connection.still_open()
+    connection.close()
+
+
+async def test_bytes_nobody_asked_for_spoil_a_resting_connection() -> None:
+    connection, peer = _watched_pair()
+    connection.rest()
+    peer.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+    await asyncio.sleep(0.05)
+    assert not connection.still_open()
+    connection.close()
+    peer.close()
+
+
+async def test_a_watched_connection_reads_as_an_unwatched_one() -> None:
+    """Waits for data without (un)registering per wait; a readiness the last read consumed
+    (the loop reports it once more) does not spoil the connection."""
+    connection, peer = _watched_pair()
+    loop = asyncio.get_running_loop()
+    for n in range(3):
+        assert connection.still_open()
+        loop.call_later(0.01, peer.sendall, b"answer %d" % n)
+        assert await connection.recv() == b"answer %d" % n
+        connection.rest()
+        await asyncio.sleep(0.01)  # the loop's turns after the read
+    assert connection.still_open()
+    fd = connection._sock.fileno()
+    connection.close()
+    assert not loop.remove_reader(fd)  # closing unregistered it
+    peer.close()
+
+
+async def test_closing_a_watched_connection_fails_its_waiting_read_at_once() -> None:
+    connection, peer = _watched_pair()
+    assert connection.still_open()
+    read = asyncio.ensure_future(connection.recv())
+    await asyncio.sleep(0.01)
+    connection.close()
+    with pytest.raises(BackendError):
+        await asyncio.wait_for(read, 1)
+    peer.close()
