@@ -71,6 +71,8 @@ class GatewayMetrics:
             "ncpeh_workers", "Worker processes serving", registry=own, multiprocess_mode="livesum"
         )
         self.workers.set(1)
+        self._answered: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._sent: dict[str, Counter] = {}
         mirrored = (SITE_STATS, AUDIT_STATS, AUDIT_SINK_STATS, APP)
         self.mirror = Mirror([f for table in mirrored for f in table.values()], own)
         self.registry: CollectorRegistry
@@ -85,7 +87,18 @@ class GatewayMetrics:
         self, route: str, method: str, status: int, seconds: float, body_bytes: int
     ) -> None:
         """One request answered (or given up on)."""
-        self.requests.labels(route, method, str(status)).inc()
-        self.duration.labels(route, method).observe(seconds)
+        # labels() looked up once per label set (routes, methods and statuses are few).
+        key = (route, method, status)
+        children = self._answered.get(key)
+        if children is None:
+            children = self._answered[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.duration.labels(route, method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
         if body_bytes:
-            self.response_bytes.labels(route).inc(body_bytes)
+            sent = self._sent.get(route)
+            if sent is None:
+                sent = self._sent[route] = self.response_bytes.labels(route)
+            sent.inc(body_bytes)
