@@ -255,12 +255,11 @@ class Connection:
             self._loop.remove_reader(self._sock.fileno())
 
     async def _readable(self) -> None:
-        if self._watching:
-            await self._watched()
-            return
         waiter = self._waiter = self._loop.create_future()
         fd = self._sock.fileno()
-        self._loop.add_reader(fd, _wake, waiter)
+        registered = not self._watching  # a watched one is registered already (_on_readable)
+        if registered:
+            self._loop.add_reader(fd, _wake, waiter)
         try:
             if self._read_timeout is None:
                 await waiter
@@ -271,21 +270,8 @@ class Connection:
             raise BackendTimeout("the PACS did not answer in time") from None
         finally:
             self._waiter = None
-            if not self._closed:  # closed: its number may be another socket's by now
+            if registered and not self._closed:  # closed: the number may be reused by now
                 self._loop.remove_reader(fd)
-
-    async def _watched(self) -> None:
-        waiter = self._waiter = self._loop.create_future()
-        try:
-            if self._read_timeout is None:
-                await waiter
-            else:
-                async with asyncio.timeout(self._read_timeout):
-                    await waiter
-        except TimeoutError:
-            raise BackendTimeout("the PACS did not answer in time") from None
-        finally:
-            self._waiter = None
 
     def still_open(self) -> bool:
         """Whether an idle connection may be used again: the peer has not closed it, nor sent
