@@ -63,7 +63,7 @@ class ChunkWriter:
         self._writer = request.writer
         self._transport: asyncio.Transport | None = None
         self._fd = -1
-        self._sock: socket.socket | None = None  # a duplicate of the client's, for sendmsg
+        self._sock: socket.socket | None = None  # a duplicate of the client's (_more_sock)
         self._started = False
         self._pipe: tuple[int, int] | None = None  # for spans, made for the first
         self._pipe_size = 0
@@ -78,7 +78,6 @@ class ChunkWriter:
             if sock is not None:
                 self._transport = transport
                 self._fd = sock.fileno()
-                self._sock = socket.socket(fileno=os.dup(self._fd))
 
     def __enter__(self) -> ChunkWriter:
         return self
@@ -175,14 +174,21 @@ class ChunkWriter:
         sent = 0
         if not transport.get_write_buffer_size():
             try:
-                if more and self._sock is not None:
-                    sent = self._sock.sendmsg(pieces, (), socket.MSG_MORE)
+                if more:
+                    sent = self._more_sock().sendmsg(pieces, (), socket.MSG_MORE)
                 else:
                     sent = os.writev(self._fd, pieces)
             except (BlockingIOError, InterruptedError):
                 sent = 0
         for rest in _after(pieces, sent):
             transport.write(rest)
+
+    def _more_sock(self) -> socket.socket:
+        """The client's socket as a socket object of our own, for ``sendmsg`` (asyncio's
+        wrapper refuses it): a duplicate made for the first span, closed with the writer."""
+        if self._sock is None:
+            self._sock = socket.socket(fileno=os.dup(self._fd))
+        return self._sock
 
     def _open_pipe(self) -> tuple[int, int]:
         pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

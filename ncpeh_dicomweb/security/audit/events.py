@@ -175,6 +175,7 @@ _ROUTES: Final[tuple[tuple[frozenset[str], re.Pattern[str], str], ...]] = tuple(
 
 # Per request, and the routes are few: remembered (a bounded cache: the method is the client's).
 @lru_cache(maxsize=1024)
+@lru_cache(maxsize=256)  # route templates are few; asked for every audited request
 def interaction_for(method: str, route: str) -> str | None:
     """The :data:`INTERACTIONS` name of a request by its method and route template (aiohttp's
     ``request.match_info.route.resource.canonical``) or path; None for what is not audited
