@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..errors import BackendError, BackendTimeout
-from .http_stream import Body, Connection, connect, read_head, request_bytes
+from .http_stream import Body, Connection, connect, content_length, read_head, request_bytes
 
 __all__ = ["Answer", "KeepAliveClient"]
 
@@ -157,16 +157,12 @@ class KeepAliveClient:
         self, connection: Connection, headers: Mapping[str, str], rest: bytearray
     ) -> tuple[bytes, bool]:
         """The body, and whether anything came after it (the connection is then not kept)."""
-        length = headers.get("content-length", "")
-        if length.isascii() and length.isdigit() and "transfer-encoding" not in headers:
-            size = int(length)
-            if size > self._max_body:
-                raise BackendError("the PACS's answer is larger than the gateway accepts")
-            if len(rest) >= size:  # the common answer: all of it came with its head
-                return bytes(rest[:size]), len(rest) > size
-        body = Body(connection, headers, bytes(rest))
-        if body.remaining > self._max_body:
+        size = content_length(headers)
+        if size > self._max_body:
             raise BackendError("the PACS's answer is larger than the gateway accepts")
+        if 0 <= size <= len(rest):  # the common answer: all of it came with its head
+            return bytes(rest[:size]), len(rest) > size
+        body = Body(connection, headers, bytes(rest))
         pieces: list[bytes | bytearray] = []
         size = 0
         async for piece in body:

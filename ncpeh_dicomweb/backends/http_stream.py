@@ -38,6 +38,7 @@ __all__ = [
     "Connection",
     "StreamedResponse",
     "connect",
+    "content_length",
     "parse_head",
     "read_head",
     "request_bytes",
@@ -288,14 +289,13 @@ class Connection:
             return
         self._closed = True
         waiter = self._waiter
+        # Unregistered before the number can be reused: for its life, or for the read waiting.
         if self._watching:
-            self._unwatch()  # before the number can be reused
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(BackendError("the connection to the PACS was closed"))
+            self._unwatch()
         elif waiter is not None:
-            self._loop.remove_reader(self._sock.fileno())  # before the number can be reused
-            if not waiter.done():
-                waiter.set_exception(BackendError("the connection to the PACS was closed"))
+            self._loop.remove_reader(self._sock.fileno())
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(BackendError("the connection to the PACS was closed"))
         self._sock.close()
 
 
@@ -325,12 +325,11 @@ class Body:
         # Connection.wake_at: the body's length or its end bounds what is sure to come; a
         # chunked body's last chunk may be followed by nothing, so it is read as it comes.
         self._wake_at = wake_at
-        if "chunked" in headers.get("transfer-encoding", "").lower():
+        if _chunked(headers):
             self._chunked = _dechunked(connection, bytearray(first))
             self._wake_at = 0
         else:
-            length = headers.get("content-length", "").strip()
-            self.remaining = int(length) if length.isascii() and length.isdigit() else -1
+            self.remaining = content_length(headers)
             if wake_at:
                 connection.wake_at(wake_at if self.remaining < 0 else min(wake_at, self.remaining))
 
@@ -396,6 +395,19 @@ class _SocketSpan(BodySpan):
         if self._body.remaining > 0:
             self._body.took(size)
         return data
+
+
+def content_length(headers: Mapping[str, str]) -> int:
+    """A body's length by its ``Content-Length`` (RFC 9112 6.3); -1 for a chunked body or
+    one that names none (or not in ASCII digits)."""
+    if _chunked(headers):
+        return -1
+    length = headers.get("content-length", "").strip()
+    return int(length) if length.isascii() and length.isdigit() else -1
+
+
+def _chunked(headers: Mapping[str, str]) -> bool:
+    return "chunked" in headers.get("transfer-encoding", "").lower()
 
 
 async def read_head(
