@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from prometheus_client import Counter as MetricCounter
@@ -30,7 +30,7 @@ from .web import (
     viewer,
     wado,
 )
-from .web.after_answer import after_answer_context
+from .web.after_answer import AFTER_ANSWER, after_answer_context
 from .web.audit import add_request_id, audit_context, audit_middleware
 from .web.auth import auth_middlewares, authenticator_for
 from .web.cors import add_cors_headers, cors_middleware
@@ -136,7 +136,7 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
     try:
         requests = app[METRICS].backend_requests
         for site in app[SETTINGS].sites:
-            backends[site.id] = _backend(site, requests)
+            backends[site.id] = _backend(site, requests, app[AFTER_ANSWER].now_waiting)
         yield
     finally:
         for backend in backends.values():
@@ -164,10 +164,11 @@ async def _imaging_pool(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(pool.close)
 
 
-def _backend(site: Site, requests: MetricCounter) -> Backend:
+def _backend(site: Site, requests: MetricCounter, waiting: Callable[[], None]) -> Backend:
     direct: Backend
     if isinstance(site, DicomWebSite):
-        direct = DicomWebBackend.create(site)
+        # The after-answer lane runs while a search waits for the PACS (web/after_answer.py).
+        direct = DicomWebBackend.create(site, waiting=waiting)
     else:
         direct = DimseBackend.create(site)
     # Counted next to the PACS: what the IOCM filter answers itself never reached it.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from functools import lru_cache
@@ -69,7 +69,11 @@ class DicomWebBackend:
         site: DicomWebSite,
         session: aiohttp.ClientSession,
         stream_session: aiohttp.ClientSession | None = None,
+        *,
+        waiting: Callable[[], None] | None = None,
     ) -> None:
+        """``waiting`` is called when a search or metadata request has gone to the PACS and
+        its answer is awaited: a moment the app uses for its after-answer bookkeeping."""
         self._site = site
         self._root = site.url
         self._session = session
@@ -108,12 +112,15 @@ class DicomWebBackend:
                 connect_timeout=site.connect_timeout,
                 total_timeout=site.search_timeout,
                 max_body=_JSON_MOST,
+                on_sent=waiting,
             )
         self._stream_slots = asyncio.Semaphore(site.max_connections)
         self._requests = 0  # HTTP requests made to the PACS (the cost of a FHIR search)
 
     @classmethod
-    def create(cls, site: DicomWebSite) -> DicomWebBackend:
+    def create(
+        cls, site: DicomWebSite, *, waiting: Callable[[], None] | None = None
+    ) -> DicomWebBackend:
         def session() -> aiohttp.ClientSession:
             connector = aiohttp.TCPConnector(limit=site.max_connections, limit_per_host=0)
             return aiohttp.ClientSession(
@@ -125,7 +132,7 @@ class DicomWebBackend:
                 read_bufsize=_UPSTREAM_BUFFER,
             )
 
-        return cls(site, session(), session())
+        return cls(site, session(), session(), waiting=waiting)
 
     # ------------------------------------------------------------------ search
 

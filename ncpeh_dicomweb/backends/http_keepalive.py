@@ -22,7 +22,7 @@ import asyncio
 import re
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -62,8 +62,12 @@ class KeepAliveClient:
         connect_timeout: float,
         total_timeout: float,
         max_body: int,
+        on_sent: Callable[[], None] | None = None,
     ) -> None:
+        """``on_sent`` is called each time a request has gone and its answer is awaited (the
+        app runs its after-answer bookkeeping then: web/after_answer.py)."""
         self._host, self._port = host, port
+        self._on_sent = on_sent
         self._netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._slots = asyncio.Semaphore(max_connections)
         self._connect_timeout = connect_timeout
@@ -126,6 +130,8 @@ class KeepAliveClient:
         try:
             try:
                 await connection.send(request)
+                if self._on_sent is not None:
+                    self._on_sent()
                 first = await connection.recv()
             except BackendTimeout:
                 raise

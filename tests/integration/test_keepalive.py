@@ -1,19 +1,27 @@
 """Searches and metadata of a plain-HTTP DICOMweb site go over kept-alive connections of the
 gateway's own (backends/http_keepalive.py), against the real Orthanc: the same answers as
 aiohttp's client gives, over one connection, and a connection Orthanc has let go (its
-``Keep-Alive: timeout=1``) is not used again."""
+``Keep-Alive: timeout=1``) is not used again. The bookkeeping of an answer (its AuditEvent)
+is done while the next search waits for Orthanc."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 
+from ncpeh_dicomweb.app import create_app
 from ncpeh_dicomweb.backends.base import Scope, Target
 from ncpeh_dicomweb.backends.dicomweb import DicomWebBackend
-from ncpeh_dicomweb.config import DicomWebSite
+from ncpeh_dicomweb.config import DicomWebSite, settings_from_mapping
 from ncpeh_dicomweb.dicomweb.attributes import Level
 from ncpeh_dicomweb.dicomweb.query import parse_qido
+from ncpeh_dicomweb.web import after_answer
+from ncpeh_dicomweb.web.audit import AUDIT_TRAIL
 from tests.conftest import Pacs
 
 pytestmark = pytest.mark.integration
@@ -72,3 +80,33 @@ async def test_a_connection_orthanc_let_go_is_not_used_again(pacs: Pacs) -> None
         assert backend._keepalive.opened == 2
     finally:
         await backend.close()
+
+
+async def test_an_answers_audit_event_is_made_while_the_next_search_waits_for_orthanc(
+    aiohttp_client: Callable[..., Any],
+    pacs: Pacs,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the lane's own timer a minute away, only the second search's wait for Orthanc can
+    have run the first search's bookkeeping by the time the second is answered."""
+    monkeypatch.setattr(after_answer, "_DELAY", 60.0)
+    settings = settings_from_mapping(
+        {
+            "sites": [{"id": "main", "url": pacs.dicomweb_root, "iocm": False}],
+            "state": {"sqlite": str(tmp_path / "state.sqlite3")},
+            "audit": {"jsonl_path": str(tmp_path / "audit.jsonl")},
+        },
+        {},
+    )
+    app = create_app(settings)
+    client: TestClient[Any, Any] = await aiohttp_client(app)
+    study = pacs.manifest["core"]["studies"][0]
+    trail = app[AUDIT_TRAIL]
+    first = await client.get("/dicom-web/studies", params={"PatientID": study["patient_id"]})
+    assert first.status == 200 and await first.json()
+    await asyncio.sleep(0.05)
+    assert trail.recorded == 0  # queued in the lane, its timer a minute away
+    second = await client.get(f"/dicom-web/studies/{study['study_uid']}/series")
+    assert second.status == 200 and await second.json()
+    assert trail.recorded == 1  # the first search's AuditEvent; the second's is still queued

@@ -84,3 +84,56 @@ async def test_the_app_context_closes_the_lane_at_cleanup() -> None:
     with pytest.raises(StopAsyncIteration):
         await anext(context)
     assert done == [1]
+
+
+async def test_now_waiting_runs_the_batch_on_the_next_turn_not_after_the_delay() -> None:
+    lane = AfterAnswer(delay=60)
+    done: list[int] = []
+    lane.defer(done.append, 1)
+    lane.defer(done.append, 2)
+    lane.now_waiting()
+    assert done == []  # not inside the caller: once it has yielded to the loop
+    await asyncio.sleep(0)
+    assert done == [1, 2]
+
+
+async def test_now_waiting_with_nothing_queued_does_nothing_and_the_timer_still_serves() -> None:
+    lane = AfterAnswer(delay=0.01)
+    done: list[int] = []
+    lane.now_waiting()
+    await asyncio.sleep(0)
+    lane.defer(done.append, 1)
+    await asyncio.sleep(0.005)
+    assert done == []
+    await asyncio.sleep(0.03)
+    assert done == [1]
+
+
+async def test_a_batch_run_by_now_waiting_cancels_its_timer() -> None:
+    """The first batch's timer must not run the next batch before that one's own delay."""
+    lane = AfterAnswer(delay=0.05)
+    done: list[str] = []
+    lane.defer(done.append, "first")  # its timer: t = 0.05
+    await asyncio.sleep(0.02)
+    lane.now_waiting()
+    await asyncio.sleep(0)
+    assert done == ["first"]
+    lane.defer(done.append, "second")  # a timer of its own: t = 0.07
+    await asyncio.sleep(0.04)  # t = 0.06: past the first timer, before the second's
+    assert done == ["first"]
+    await asyncio.sleep(0.04)
+    assert done == ["first", "second"]
+
+
+async def test_close_with_a_batch_due_on_the_next_turn_runs_it_once() -> None:
+    lane = AfterAnswer(delay=60)
+    done: list[int] = []
+    lane.defer(done.append, 1)
+    lane.now_waiting()
+    lane.close()
+    assert done == [1]
+    await asyncio.sleep(0.01)
+    assert done == [1]
+    lane.now_waiting()  # after close: nothing queued, nothing scheduled
+    await asyncio.sleep(0)
+    assert done == [1]

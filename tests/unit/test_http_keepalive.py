@@ -832,3 +832,43 @@ async def test_interim_answers_are_skipped(
     assert "link" not in answer.headers and answer.headers["content-length"] == "5"
     assert (await client.get("/b", {})).body == b"answer to /b"
     assert client.opened == 1
+
+
+# --- the moment a request has gone ---------------------------------------------------------------
+
+
+async def test_on_sent_is_called_once_the_request_has_gone_before_its_answer(
+    pacs: Callable[[Handler], Awaitable[Pacs]],
+) -> None:
+    """The server answers only after the client has said its request was sent: the GET can
+    complete only if ``on_sent`` runs while the answer is still awaited (once per GET)."""
+    sent = asyncio.Event()
+    calls: list[float] = []
+
+    def on_sent() -> None:
+        calls.append(time.monotonic())
+        sent.set()
+
+    async def handle(peer: Peer) -> None:
+        while await peer.request() is not None:
+            await asyncio.wait_for(sent.wait(), 2)
+            sent.clear()
+            await peer.send(ok(b"[]"))
+
+    server = await pacs(handle)
+    client = KeepAliveClient(
+        "127.0.0.1",
+        server.port,
+        max_connections=1,
+        connect_timeout=2.0,
+        total_timeout=5.0,
+        max_body=1000,
+        on_sent=on_sent,
+    )
+    try:
+        for _ in range(3):
+            assert (await client.get("/studies", {})).body == b"[]"
+    finally:
+        await client.close()
+    assert len(calls) == 3
+    assert len(server.peers) == 1  # kept alive: the callback does not cost the connection
